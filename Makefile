@@ -1,0 +1,36 @@
+# covidet: two commands for a fresh machine.
+#   make demo   set up (first use) and run the main job: assess real chest X-rays with the shipped model
+#   make test   set up (first use) and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+COVIDET_DATA ?= $(abspath ../shared/data/cxr)
+export COVIDET_DATA
+
+.PHONY: setup demo test bench lint
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The demo's X-rays: a real 16-bit MONOCHROME1 DICOM chest radiograph shipped by pydicom-data, plus one
+# validation-split image of each class from the dataset when it is present.
+demo: setup
+	@mkdir -p out/demo
+	$(BIN)/python -c "from pydicom.data import get_testdata_file as g; print(g('RG1_UNCR.dcm', download=False))" > out/demo/files.txt
+	-@test -f "$(COVIDET_DATA)/manifest.csv" && awk -F, 'NR>1 && $$4=="val" && !seen[$$2]++ {print "$(COVIDET_DATA)/" $$1}' "$(COVIDET_DATA)/manifest.csv" >> out/demo/files.txt
+	$(BIN)/covidet predict $$(cat out/demo/files.txt) --draw out/demo | tee out/demo/predictions.json
+	@echo "drawn images: out/demo/*.png   (not for clinical use)"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/detector.py --out benchmarks/results/detector.json
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks

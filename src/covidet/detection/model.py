@@ -1,0 +1,164 @@
+"""Faster R-CNN detector builder (torchvision), trained from scratch.
+
+The paper's detector is Faster R-CNN with a ResNet-101 FPN backbone and a region proposal network.
+Lighter backbones are offered because a ResNet-101 training step costs 16-21 s on a 2-core CPU
+(see ``docs/training.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from covidet.domain import CLASS_NAMES
+
+__all__ = [
+    "BACKBONES",
+    "IMAGE_MEAN",
+    "IMAGE_STD",
+    "Backbone",
+    "Norm",
+    "build_detector",
+]
+
+Backbone = Literal["resnet101", "resnet50", "resnet18", "mobilenet_v3_large"]
+Norm = Literal["batch", "group"]
+BACKBONES: tuple[str, ...] = ("resnet101", "resnet50", "resnet18", "mobilenet_v3_large")
+
+#: Grayscale X-rays are replicated to 3 channels (so ImageNet-shaped weights stay loadable by users who
+#: have them) and normalised with these statistics (pixels in [0, 1]).
+IMAGE_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+IMAGE_STD: tuple[float, float, float] = (0.25, 0.25, 0.25)
+
+
+def _group_norm(num_channels: int) -> nn.GroupNorm:
+    """GroupNorm with the largest of 32/16/8/4/2/1 groups that divides ``num_channels``."""
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if num_channels % g == 0)
+    return nn.GroupNorm(groups, num_channels)
+
+
+def _norm_layer(norm: Norm) -> Callable[..., nn.Module]:
+    # torchvision's FPN backbones default to FrozenBatchNorm2d: fixed affine statistics copied from
+    # ImageNet weights. Trained from scratch there is nothing to copy, so a frozen norm is an identity
+    # and the deep network trains badly or diverges. We use a norm that learns: BatchNorm (fast, fine
+    # for batches of >= 4 images) or GroupNorm (independent of batch size, better for 1-2 images per
+    # device, a little slower on CPU).
+    if norm == "batch":
+        return nn.BatchNorm2d
+    if norm == "group":
+        return _group_norm
+    raise ValueError(f"unknown norm {norm!r}: choose 'batch' or 'group'")
+
+
+def build_detector(
+    *,
+    backbone: Backbone = "resnet101",
+    num_classes: int = len(CLASS_NAMES) + 1,
+    min_size: int = 800,
+    max_size: int = 1333,
+    norm: Norm = "batch",
+    anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+    box_score_thresh: float = 0.01,
+    box_nms_thresh: float = 0.5,
+    box_detections_per_img: int = 20,
+    rpn_post_nms_top_n_train: int = 600,
+    rpn_post_nms_top_n_test: int = 300,
+    box_batch_size_per_image: int = 128,
+) -> FasterRCNN:
+    """Build an untrained Faster R-CNN with an FPN backbone and a region proposal network.
+
+    Args:
+        backbone: ``resnet101`` (the paper's; default), ``resnet50``, ``resnet18`` or
+            ``mobilenet_v3_large``. All layers are trainable; no pretrained weights are loaded.
+        num_classes: classes including background (default 4: background, covid19, pneumonia, normal).
+        min_size, max_size: the model resizes each image so its shorter side is ``min_size`` pixels
+            unless the longer side would exceed ``max_size``.
+        norm: ``batch`` or ``group`` normalisation in the backbone (see the comment in ``_norm_layer``).
+        anchor_aspect_ratios: height/width ratios of the RPN anchors at every FPN level.
+        box_score_thresh: detections scoring below this are dropped (kept low so mAP and the image-level
+            decision see weak evidence too).
+        box_nms_thresh: per-class NMS IoU threshold of the box head.
+        box_detections_per_img: at most this many detections per image.
+        rpn_post_nms_top_n_train, rpn_post_nms_top_n_test: proposals kept per image after the RPN's NMS.
+            A chest X-ray holds two lungs, so a few hundred proposals suffice; torchvision's defaults
+            (2000/1000, tuned for 80-class COCO scenes) make the box head dominate CPU time.
+        box_batch_size_per_image: RoIs sampled per image to train the box head (torchvision: 512).
+
+    Returns:
+        A ``torchvision.models.detection.FasterRCNN``. In eval mode, ``model(images)`` takes a list of
+        float tensors ``[3, H, W]`` with values in ``[0, 1]`` and returns, per image, a dict with
+        ``boxes`` (float ``[N, 4]``, ``[x1, y1, x2, y2]`` in pixels of that input tensor), ``labels``
+        (int64 ``[N]``, 1..num_classes-1) and ``scores`` (float ``[N]``, softmax class scores). In train
+        mode, ``model(images, targets)`` with targets ``{"boxes": [N, 4], "labels": [N]}`` (N may be 0)
+        returns a dict of losses.
+    """
+    norm_layer = _norm_layer(norm)
+    if backbone == "mobilenet_v3_large":
+        body = mobilenet_backbone(
+            backbone_name=backbone, weights=None, fpn=True, norm_layer=norm_layer, trainable_layers=6
+        )
+        # MobileNetV3-FPN returns two feature maps plus the pooled level, as in torchvision's
+        # fasterrcnn_mobilenet_v3_large_fpn: every level sees every anchor size.
+        sizes: tuple[tuple[int, ...], ...] = ((32, 64, 128, 256, 512),) * 3
+    elif backbone in ("resnet101", "resnet50", "resnet18"):
+        body = resnet_fpn_backbone(
+            backbone_name=backbone, weights=None, norm_layer=norm_layer, trainable_layers=5
+        )
+        sizes = ((32,), (64,), (128,), (256,), (512,))
+    else:
+        raise ValueError(f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")
+    anchor_generator = AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(anchor_aspect_ratios),) * len(sizes))
+    model = FasterRCNN(
+        body,
+        num_classes=num_classes,
+        min_size=min_size,
+        max_size=max_size,
+        image_mean=list(IMAGE_MEAN),
+        image_std=list(IMAGE_STD),
+        rpn_anchor_generator=anchor_generator,
+        box_score_thresh=box_score_thresh,
+        box_nms_thresh=box_nms_thresh,
+        box_detections_per_img=box_detections_per_img,
+        rpn_pre_nms_top_n_train=2 * rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=2 * rpn_post_nms_top_n_test,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        box_batch_size_per_image=box_batch_size_per_image,
+    )
+    _init_from_scratch(model)
+    return model
+
+
+def _init_from_scratch(model: nn.Module) -> None:
+    """He-initialise convolutions (torchvision leaves the backbone at its defaults) and start the
+    norm layers at identity, which keeps activations finite through 100+ layers from the first step."""
+    for module in model.backbone.body.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d | nn.GroupNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    # Zero-init the last norm of each residual branch ("Bag of Tricks", Goyal et al. 2017): each block
+    # starts as identity, so a deep ResNet trains stably from scratch.
+    for module in model.backbone.body.modules():
+        if isinstance(module, Bottleneck):
+            nn.init.zeros_(module.bn3.weight)
+        elif isinstance(module, BasicBlock):
+            nn.init.zeros_(module.bn2.weight)
+    # Start the classifier near the class prior instead of uniform (Focal-loss paper's prior trick,
+    # light version): background dominates sampled RoIs, so the initial loss is smaller and stable.
+    cls_score = model.roi_heads.box_predictor.cls_score
+    nn.init.normal_(cls_score.weight, std=0.01)
+    with torch.no_grad():
+        cls_score.bias.zero_()
+        cls_score.bias[0] = math.log(3.0)

@@ -1,0 +1,182 @@
+"""Run a model bundle on X-ray images: findings in original-image pixels plus an image assessment."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.ops import nms
+from torchvision.utils import draw_bounding_boxes
+
+from covidet import DISCLAIMER
+from covidet.detection.bundle import BundleError, default_bundle_path, load_bundle
+from covidet.detection.decision import DEFAULT_THRESHOLD, assess
+from covidet.detection.transforms import resize_longer_side
+from covidet.domain import Assessment, Box, Finding, label_from_model_id
+from covidet.imaging import XRayImage
+
+__all__ = ["DEFAULT_MIN_SCORE", "Prediction", "Predictor", "draw_prediction"]
+
+logger = logging.getLogger(__name__)
+
+#: Findings under this score are not reported (the decision rule still sees every detection).
+DEFAULT_MIN_SCORE = 0.3
+#: Overlapping findings of different classes on the same region are merged above this IoU.
+FINDING_NMS_IOU = 0.5
+
+_COLOURS = {"covid19": "#ff4040", "pneumonia": "#ffb000", "normal": "#40c040"}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's output for one image. Boxes are ``[x1, y1, x2, y2]`` in original-image pixels."""
+
+    findings: list[Finding]
+    assessment: Assessment
+    seconds: float
+
+    def to_json(self, *, model_name: str, model_version: str) -> dict[str, Any]:
+        """The JSON record of ``covidet predict`` (without ``file``)."""
+        return {
+            "assessment": {
+                "label": self.assessment.label.value,
+                "probabilities": {k.value: round(v, 6) for k, v in self.assessment.probabilities.items()},
+                "threshold": self.assessment.threshold,
+            },
+            "findings": [
+                {
+                    "box": [round(c, 1) for c in f.box.as_list()],
+                    "label": f.label.value,
+                    "score": round(f.score, 4),
+                }
+                for f in self.findings
+            ],
+            "model": {"name": model_name, "version": model_version},
+            "disclaimer": DISCLAIMER,
+        }
+
+
+class Predictor:
+    """Loads a bundle once and runs it on many images.
+
+    ``predict`` takes :class:`XRayImage` objects (any size) and returns one :class:`Prediction` each.
+    Each image is resized so its longer side equals the model's input size (as in training), run in
+    batches, and the boxes are scaled back to the original pixels.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        card: dict[str, Any],
+        *,
+        device: str | torch.device = "cpu",
+        min_score: float = DEFAULT_MIN_SCORE,
+        threshold: float | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.card = card
+        self.device = torch.device(device)
+        self.min_score = min_score
+        self.threshold = float(
+            threshold
+            if threshold is not None
+            else card.get("decision", {}).get("threshold", DEFAULT_THRESHOLD)
+        )
+        self.input_size = int(card["architecture"]["max_size"])
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: str | os.PathLike | None = None, *, device: str = "cpu", **kwargs: Any
+    ) -> Predictor:
+        """Load ``bundle`` (default: :func:`default_bundle_path`)."""
+        path = Path(bundle) if bundle is not None else default_bundle_path()
+        if path is None:
+            raise BundleError("no model bundle: pass --model BUNDLE or set COVIDET_MODEL")
+        model, card = load_bundle(path, device=device)
+        logger.info("loaded %s %s from %s", card.get("name"), card.get("version"), path)
+        return cls(model, card, device=device, **kwargs)
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name", "covidet-detector"))
+
+    @property
+    def version(self) -> str:
+        return str(self.card.get("version", "unknown"))
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[XRayImage], *, batch_size: int = 4) -> list[Prediction]:
+        """Predict each image; order is preserved."""
+        results: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            tensors, scales = [], []
+            for xray in batch:
+                pixels = torch.from_numpy(np.ascontiguousarray(xray.pixels, np.float32))[None]
+                resized, _ = resize_longer_side(pixels, {"boxes": torch.zeros(0, 4)}, self.input_size)
+                tensors.append(resized.expand(3, -1, -1).to(self.device))
+                scales.append((xray.width / resized.shape[-1], xray.height / resized.shape[-2]))
+            began = time.perf_counter()
+            outputs = self.model(tensors)
+            seconds = (time.perf_counter() - began) / len(batch)
+            for output, (sx, sy), xray in zip(outputs, scales, batch, strict=True):
+                boxes = output["boxes"].float().cpu() * torch.tensor([sx, sy, sx, sy])
+                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, xray.width)
+                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, xray.height)
+                labels, scores = output["labels"].cpu(), output["scores"].float().cpu()
+                results.append(
+                    Prediction(
+                        findings=self._findings(boxes, labels, scores),
+                        assessment=assess(labels.numpy(), scores.numpy(), threshold=self.threshold),
+                        seconds=seconds,
+                    )
+                )
+        return results
+
+    def _findings(self, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> list[Finding]:
+        # The box head runs NMS per class, so one lung can carry a covid19 and a pneumonia box; a reader
+        # wants one finding per region: keep the most confident class (class-agnostic NMS).
+        keep_score = scores >= self.min_score
+        boxes, labels, scores = boxes[keep_score], labels[keep_score], scores[keep_score]
+        keep = nms(boxes, scores, FINDING_NMS_IOU)
+        return [
+            Finding(
+                box=Box(*(float(c) for c in boxes[i])),
+                label=label_from_model_id(int(labels[i])),
+                score=float(scores[i]),
+            )
+            for i in keep.tolist()
+        ]
+
+
+def draw_prediction(xray: XRayImage, prediction: Prediction, path: str | os.PathLike) -> Path:
+    """Write a PNG of the X-ray with the findings drawn (label and score) and the assessment."""
+    from PIL import Image, ImageDraw
+
+    image = torch.from_numpy(xray.to_uint8())[None].expand(3, -1, -1).contiguous()
+    if prediction.findings:
+        boxes = torch.tensor([f.box.as_list() for f in prediction.findings], dtype=torch.float32)
+        image = draw_bounding_boxes(
+            image,
+            boxes,
+            labels=[f"{f.label.value} {f.score:.2f}" for f in prediction.findings],
+            colors=[_COLOURS[f.label.value] for f in prediction.findings],
+            width=max(2, round(max(xray.width, xray.height) / 300)),
+        )
+    picture = Image.fromarray(image.permute(1, 2, 0).numpy())
+    caption = (
+        f"{prediction.assessment.label.value} "
+        f"p={prediction.assessment.probabilities[prediction.assessment.label]:.2f} - {DISCLAIMER}"
+    )
+    ImageDraw.Draw(picture).text((8, 8), caption, fill=(255, 255, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    return path

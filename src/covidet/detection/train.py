@@ -1,0 +1,438 @@
+"""Training driver: data, model, optimiser, the epoch loop, validation, checkpoints, bundle.
+
+Run one process (``covidet train``) or several with ``torchrun --nproc_per_node N -m covidet.cli train``
+(DDP: NCCL on GPUs, gloo on CPU). Only rank 0 validates, writes checkpoints, the metrics log and the
+bundle. A checkpoint is a dict with named keys: ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``,
+``config``, ``best_metric``, ``best_epoch``, ``history``, ``stale_validations``, ``rng``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, Field
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+
+from covidet.detection.bundle import save_bundle
+from covidet.detection.data import (
+    DetectionDataset,
+    collate_detection,
+    dataset_hash,
+    load_records,
+)
+from covidet.detection.decision import DEFAULT_THRESHOLD, RULE_NAME
+from covidet.detection.engine import (
+    evaluate_detections,
+    run_inference,
+    summary_metrics,
+    train_one_epoch,
+)
+from covidet.detection.model import Backbone, Norm, build_detector
+from covidet.detection.transforms import Compose, ResizeLongerSide, build_train_transform
+from covidet.domain import Label
+
+__all__ = ["BalancedSampler", "TrainConfig", "TrainResult", "train"]
+
+logger = logging.getLogger(__name__)
+
+Monitor = Literal["macro_f1", "accuracy", "macro_auc", "map50", "map", "lung_map50"]
+
+
+class TrainConfig(BaseModel):
+    """Every training option, with its meaning. Saved in checkpoints and in the model card."""
+
+    data: str | None = Field(
+        None, description="dataset folder (manifest.csv) or COCO JSON; None reads $COVIDET_DATA"
+    )
+    out: Path = Field(Path("runs/train"), description="run folder: checkpoints, metrics.csv, bundle/")
+    tier: str | None = Field(None, description="'tiny' trains on the tier_tiny subset (tests)")
+    train_split: str = Field("train", description="split used for training")
+    val_split: str = Field("val", description="split used for validation and checkpoint selection")
+    backbone: Backbone = Field(
+        "resnet101", description="resnet101 (paper), resnet50, resnet18, mobilenet_v3_large"
+    )
+    norm: Norm = Field("batch", description="backbone normalisation: batch or group")
+    size: int = Field(512, ge=64, le=2048, description="longer image side in pixels, training and inference")
+    epochs: int = Field(30, ge=1, description="maximum number of epochs")
+    batch_size: int = Field(4, ge=1, description="images per step per process")
+    lr: float = Field(1e-3, gt=0, description="peak AdamW learning rate (after warm-up; cosine decay to 0)")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    warmup_iterations: int = Field(100, ge=0, description="linear learning-rate warm-up steps")
+    max_iterations_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (tests)")
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget; training stops after it")
+    val_every: int = Field(1, ge=1, description="validate every N epochs (and after the last)")
+    patience: int = Field(8, ge=1, description="early stop after N validations without improvement")
+    monitor: Monitor = Field("macro_f1", description="validation metric that selects the best checkpoint")
+    balance: bool = Field(True, description="class-balanced sampling by image label")
+    skip_boxless_disease: bool = Field(
+        True,
+        description="leave covid19/pneumonia images without boxes out of training: as empty targets they "
+        "would teach that a diseased image has no disease region (box-less normals stay, as negatives)",
+    )
+    augment: bool = Field(True, description="resolution/contrast/geometry augmentation")
+    threshold: float = Field(
+        DEFAULT_THRESHOLD, ge=0, le=1, description="decision threshold of the image rule"
+    )
+    seed: int = Field(0, description="seed of Python, NumPy and torch")
+    workers: int = Field(1, ge=0, description="data-loading worker processes")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    amp: bool = Field(False, description="mixed precision (CUDA only)")
+    resume: Path | None = Field(None, description="checkpoint to resume from (e.g. runs/train/last.pt)")
+    name: str = Field("covidet-detector", description="model name written into the bundle")
+    show_progress: bool = Field(True, description="progress bars")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced (rank 0 only; other ranks get ``bundle=None``)."""
+
+    bundle: Path | None
+    best_epoch: int
+    best_metric: float
+    history: list[dict[str, Any]]
+    stopped_because: str
+
+
+class BalancedSampler(Sampler[int]):
+    """Draws ``num_samples`` indices per epoch with probability inversely proportional to the frequency
+    of each item's class (with replacement), deterministic per (seed, epoch), sharded across ranks."""
+
+    def __init__(self, labels: Sequence[str], *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        counts: dict[str, int] = {}
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
+        self.weights = torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.double)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.num_samples = math.ceil(len(labels) / world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        draws = torch.multinomial(self.weights, self.num_samples * self.world_size, True, generator=generator)
+        return iter(draws[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world_size); initialises the process group when launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world_size
+
+
+def _warmup_cosine(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _architecture(config: TrainConfig) -> dict[str, Any]:
+    return {
+        "backbone": config.backbone,
+        "norm": config.norm,
+        "min_size": config.size,
+        "max_size": config.size,
+        "num_classes": 4,
+        "anchor_aspect_ratios": [0.5, 1.0, 2.0],
+    }
+
+
+def _write_metrics_row(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a detector as ``config`` says; returns where the bundle went and the history.
+
+    Raises ``covidet.detection.engine.NonFiniteLossError`` on a NaN loss and
+    ``covidet.detection.data.DatasetError`` on bad data.
+    """
+    device = _resolve_device(config.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    rank, world_size = _init_distributed(device)
+    is_main = rank == 0
+    _seed_everything(config.seed + rank)
+    out = config.out
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    train_records = load_records(config.data, split=config.train_split, tier=config.tier, seed=config.seed)
+    if config.skip_boxless_disease:
+        kept = [r for r in train_records if len(r.boxes) or r.label is Label.NORMAL]
+        logger.info(
+            "training on %d of %d images (%d box-less covid19/pneumonia images left out)",
+            len(kept),
+            len(train_records),
+            len(train_records) - len(kept),
+        )
+        train_records = kept
+    val_records = load_records(config.data, split=config.val_split, tier=config.tier, seed=config.seed)
+    common_scale = Compose([ResizeLongerSide(config.size)])
+    train_set = DetectionDataset(
+        train_records, build_train_transform(size=config.size) if config.augment else common_scale
+    )
+    # Validation sees the same antialiased common scale as training and prediction; its boxes and
+    # metrics are in those resized pixels (COCO AP does not depend on the scale).
+    val_set = DetectionDataset(val_records, common_scale)
+    if config.balance:
+        sampler: Sampler[int] = BalancedSampler(
+            [r.label for r in train_records], seed=config.seed, rank=rank, world_size=world_size
+        )
+    elif world_size > 1:
+        sampler = torch.utils.data.DistributedSampler(
+            train_set, num_replicas=world_size, rank=rank, seed=config.seed
+        )
+    else:
+        sampler = torch.utils.data.RandomSampler(
+            train_set, generator=torch.Generator().manual_seed(config.seed)
+        )
+    loader_args: dict[str, Any] = {
+        "num_workers": config.workers,
+        "collate_fn": collate_detection,
+        "worker_init_fn": _worker_init,
+        "persistent_workers": config.workers > 0,
+        "pin_memory": device.type == "cuda",
+    }
+    train_loader = DataLoader(
+        train_set, batch_size=config.batch_size, sampler=sampler, drop_last=False, **loader_args
+    )
+    val_loader = DataLoader(val_set, batch_size=1, shuffle=False, **loader_args)
+
+    architecture = _architecture(config)
+    model = build_detector(
+        **{**architecture, "anchor_aspect_ratios": tuple(architecture["anchor_aspect_ratios"])}
+    )
+    if device.type == "cuda" and world_size > 1 and config.norm == "batch":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    iterations_per_epoch = len(train_loader)
+    if config.max_iterations_per_epoch:
+        iterations_per_epoch = min(iterations_per_epoch, config.max_iterations_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_cosine(config.warmup_iterations, config.epochs * iterations_per_epoch)
+    )
+    scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
+
+    start_epoch, best_metric, best_epoch, stale, history = 1, -math.inf, 0, 0, []
+    if config.resume is not None:
+        checkpoint = torch.load(config.resume, map_location="cpu", weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        start_epoch = checkpoint["epoch"] + 1
+        best_metric, best_epoch = checkpoint["best_metric"], checkpoint["best_epoch"]
+        stale, history = checkpoint["stale_validations"], checkpoint["history"]
+        random.setstate(checkpoint["rng"]["python"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        logger.info("resumed from %s at epoch %d", config.resume, start_epoch)
+
+    train_model: torch.nn.Module = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world_size > 1
+        else model
+    )
+    if is_main:
+        (out / "config.json").write_text(config.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else None
+    stopped_because = "max epochs"
+    data_hash = dataset_hash(train_records) if is_main else ""
+
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, config.epochs + 1):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        started = time.monotonic()
+        losses = train_one_epoch(
+            train_model,
+            optimizer,
+            train_loader,
+            epoch=epoch,
+            device=device,
+            scheduler=scheduler,
+            max_iterations=config.max_iterations_per_epoch,
+            scaler=scaler,
+            deadline=deadline,
+            show_progress=config.show_progress and is_main,
+        )
+        out_of_time = deadline is not None and time.monotonic() > deadline
+        validate = epoch % config.val_every == 0 or epoch == config.epochs or out_of_time
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            **{f"train_{k}": v for k, v in losses.items()},
+        }
+        stop = torch.zeros(1)
+        if is_main:
+            if validate:
+                predictions, ground_truth, labels, _ = run_inference(
+                    model, val_loader, device=device, show_progress=config.show_progress, desc="validate"
+                )
+                result = evaluate_detections(predictions, ground_truth, labels, threshold=config.threshold)
+                summary = summary_metrics(result.report)
+                row |= {f"val_{k}": v for k, v in summary.items()}
+                value = summary[config.monitor]
+                improved = not math.isnan(value) and value > best_metric
+                if improved:
+                    best_metric, best_epoch, stale = value, epoch, 0
+                    torch.save(
+                        {
+                            "model": model.state_dict(),
+                            "epoch": epoch,
+                            "config": config.model_dump(mode="json"),
+                            "report": result.report,
+                        },
+                        out / "best.pt",
+                    )
+                else:
+                    stale += 1
+                logger.info(
+                    "epoch %d: loss %.4f val %s %.4f (best %.4f at epoch %d)",
+                    epoch,
+                    losses.get("loss", float("nan")),
+                    config.monitor,
+                    value,
+                    best_metric,
+                    best_epoch,
+                )
+                if stale >= config.patience:
+                    stopped_because = f"early stop: no {config.monitor} gain in {config.patience} validations"
+                    stop[0] = 1
+            row["seconds"] = round(time.monotonic() - started, 1)
+            history.append(row)
+            _write_metrics_row(out / "metrics.csv", row)
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "config": config.model_dump(mode="json"),
+                    "best_metric": best_metric,
+                    "best_epoch": best_epoch,
+                    "stale_validations": stale,
+                    "history": history,
+                    "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+                },
+                out / "last.pt",
+            )
+        if out_of_time:
+            stopped_because = f"time budget of {config.max_minutes} min reached"
+            stop[0] = 1
+        if world_size > 1:
+            dist.broadcast(stop, src=0)
+        if stop.item():
+            break
+
+    bundle = None
+    if is_main:
+        bundle = _write_final_bundle(
+            config, model, architecture, data_hash, len(train_records), epoch, stopped_because
+        )
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return TrainResult(
+        bundle=bundle,
+        best_epoch=best_epoch,
+        best_metric=best_metric,
+        history=history,
+        stopped_because=stopped_because,
+    )
+
+
+def _write_final_bundle(
+    config: TrainConfig,
+    model: torch.nn.Module,
+    architecture: dict[str, Any],
+    data_hash: str,
+    n_train: int,
+    last_epoch: int,
+    stopped_because: str,
+) -> Path:
+    """Bundle the best validated checkpoint (or the last weights when none was validated)."""
+    best_path = config.out / "best.pt"
+    report: dict[str, Any] = {}
+    best_epoch = last_epoch
+    if best_path.exists():
+        best = torch.load(best_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(best["model"])
+        report, best_epoch = best["report"], best["epoch"]
+    model.to("cpu")
+    return save_bundle(
+        model,
+        config.out / "bundle",
+        architecture=architecture,
+        decision={
+            "rule": RULE_NAME,
+            "threshold": config.threshold,
+            "description": "see covidet.detection.decision",
+        },
+        training={
+            "data_hash_sha256": data_hash,
+            "n_train_images": n_train,
+            "split": config.train_split,
+            "tier": config.tier,
+            "epochs_run": last_epoch,
+            "selected_epoch": best_epoch,
+            "selected_by": f"{config.val_split} {config.monitor}",
+            "stopped_because": stopped_because,
+            "config": json.loads(config.model_dump_json()),
+        },
+        metrics={config.val_split: report} if report else {},
+        name=config.name,
+    )

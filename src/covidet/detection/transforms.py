@@ -1,0 +1,164 @@
+"""Training augmentations for chest X-rays with boxes.
+
+The data README warns of two shortcuts: normals of one source are 224-px images resampled twice, and
+sources differ in contrast. So training (1) resizes every image to a common scale, (2) randomly
+degrades resolution (down-sample to as low as 224 px, then back up) so that sharpness stops telling
+the source, and (3) randomises gamma, contrast and histogram equalisation. Geometric augmentations
+(flip, small rotation/scale/shift) move the boxes with the image.
+
+Every transform takes and returns ``(image, target)``: ``image`` float32 ``[1, H, W]`` in ``[0, 1]``,
+``target["boxes"]`` float ``[N, 4]`` ``[x1, y1, x2, y2]`` in pixels of ``image``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+__all__ = [
+    "Compose",
+    "RandomContrast",
+    "RandomGeometry",
+    "RandomResolution",
+    "ResizeLongerSide",
+    "build_train_transform",
+    "resize_longer_side",
+]
+
+Target = dict[str, torch.Tensor]
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        for transform in self.transforms:
+            image, target = transform(image, target)
+        return image, target
+
+
+def resize_longer_side(image: torch.Tensor, target: Target, size: int) -> tuple[torch.Tensor, Target]:
+    """Resize so the longer side is ``size`` pixels (antialiased), scaling boxes with it."""
+    height, width = image.shape[-2:]
+    scale = size / max(height, width)
+    if abs(scale - 1.0) < 1e-6:
+        return image, target
+    new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    image = F.interpolate(
+        image[None], size=new_size, mode="bilinear", antialias=scale < 1, align_corners=False
+    )[0]
+    target = dict(target)
+    target["boxes"] = target["boxes"] * torch.tensor(
+        [new_size[1] / width, new_size[0] / height] * 2, dtype=torch.float32
+    )
+    return image.clamp_(0, 1), target
+
+
+class ResizeLongerSide:
+    """Common scale: longer side to ``size`` pixels."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        return resize_longer_side(image, target, self.size)
+
+
+class RandomResolution:
+    """With probability ``p``, down-sample so the longer side is uniform in ``[min_side, current]`` and
+    up-sample back: the image keeps its size but loses detail, as 224-px sources have."""
+
+    def __init__(self, min_side: int = 224, p: float = 0.5) -> None:
+        self.min_side, self.p = min_side, p
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        height, width = image.shape[-2:]
+        longer = max(height, width)
+        if random.random() >= self.p or longer <= self.min_side:
+            return image, target
+        side = random.uniform(self.min_side, longer)
+        small = (max(1, round(height * side / longer)), max(1, round(width * side / longer)))
+        low = F.interpolate(image[None], size=small, mode="bilinear", antialias=True, align_corners=False)
+        mode = random.choice(["bilinear", "bicubic", "nearest"])
+        back = F.interpolate(
+            low, size=(height, width), mode=mode, **({} if mode == "nearest" else {"align_corners": False})
+        )
+        return back[0].clamp_(0, 1), target
+
+
+class RandomContrast:
+    """Random gamma, contrast/brightness, occasional histogram equalisation and mild noise."""
+
+    def __init__(
+        self,
+        gamma: tuple[float, float] = (0.6, 1.6),
+        contrast: float = 0.3,
+        brightness: float = 0.1,
+        equalize_p: float = 0.25,
+        noise_p: float = 0.3,
+    ) -> None:
+        self.gamma, self.contrast, self.brightness = gamma, contrast, brightness
+        self.equalize_p, self.noise_p = equalize_p, noise_p
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        log_low, log_high = math.log(self.gamma[0]), math.log(self.gamma[1])
+        image = image.clamp(0, 1) ** math.exp(random.uniform(log_low, log_high))
+        if random.random() < self.equalize_p:
+            equalized = v2.functional.equalize((image * 255).round().to(torch.uint8)).float() / 255
+            alpha = random.uniform(0.3, 1.0)  # partial equalisation, a cheap CLAHE-like contrast boost
+            image = alpha * equalized + (1 - alpha) * image
+        mean = image.mean()
+        factor = 1 + random.uniform(-self.contrast, self.contrast)
+        image = (image - mean) * factor + mean + random.uniform(-self.brightness, self.brightness)
+        if random.random() < self.noise_p:
+            image = image + torch.randn_like(image) * random.uniform(0.0, 0.02)
+        return image.clamp_(0, 1), target
+
+
+class RandomGeometry:
+    """Horizontal flip (p=0.5) and a small affine (rotation, scale, shift) applied to image and boxes;
+    boxes that leave the image or collapse are dropped with their labels."""
+
+    def __init__(
+        self, degrees: float = 7.0, scale: tuple[float, float] = (0.9, 1.1), translate: float = 0.05
+    ) -> None:
+        self.transform = v2.Compose(
+            [
+                v2.RandomHorizontalFlip(p=0.5),
+                v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale),
+                v2.ClampBoundingBoxes(),
+                v2.SanitizeBoundingBoxes(min_size=4.0),
+            ]
+        )
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        height, width = image.shape[-2:]
+        boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(height, width))
+        sample = {"image": tv_tensors.Image(image), "boxes": boxes, "labels": target["labels"]}
+        out = self.transform(sample)
+        target = dict(target)
+        target["boxes"] = out["boxes"].as_subclass(torch.Tensor).float().reshape(-1, 4)
+        target["labels"] = out["labels"]
+        return out["image"].as_subclass(torch.Tensor), target
+
+
+def build_train_transform(*, size: int, min_side: int = 224) -> Compose:
+    """The training pipeline: common scale (longer side ``size``), resolution and contrast
+    randomisation, then geometry."""
+    return Compose(
+        [
+            ResizeLongerSide(size),
+            RandomResolution(min_side=min(min_side, size), p=0.5),
+            RandomContrast(),
+            RandomGeometry(),
+        ]
+    )

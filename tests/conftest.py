@@ -1,0 +1,37 @@
+"""Shared fixtures: the real chest X-ray dataset and the real DICOM of pydicom-data.
+
+The dataset is read from ``$COVIDET_DATA`` or, in a checkout laid out as the project's machines are,
+from ``../shared/data/cxr`` beside the repository. It is required: tests fail (not skip) without it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def dataset_root() -> Path:
+    env = os.environ.get("COVIDET_DATA")
+    root = Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "cxr"
+    if not (root / "manifest.csv").is_file():
+        raise RuntimeError(f"chest X-ray dataset not found at {root}: set COVIDET_DATA")
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    return dataset_root()
+
+
+@pytest.fixture(scope="session")
+def rg1_dicom() -> Path:
+    """Real 16-bit MONOCHROME1 chest PA radiograph shipped by the PyPI package pydicom-data."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("RG1_UNCR.dcm", download=False)
+    assert path is not None, "pydicom-data is not installed"
+    return Path(path)

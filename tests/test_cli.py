@@ -1,0 +1,253 @@
+"""The ``covidet`` command as a user runs it: a real subprocess, real data, real files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from covidet.detection.bundle import default_bundle_path, read_model_card
+
+COVIDET = [sys.executable, "-m", "covidet.cli"]
+# Small and fast: the tests check the pipeline works end to end, not what it learns.
+TINY_TRAIN = [
+    "--tier",
+    "tiny",
+    "--val-split",
+    "train",
+    "--backbone",
+    "mobilenet_v3_large",
+    "--size",
+    "160",
+    "--batch-size",
+    "4",
+    "--max-iterations",
+    "2",
+    "--warmup",
+    "2",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
+
+
+def run(args: list[str], data_root: Path, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COVIDET_DATA": str(data_root), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    result = run(
+        [*COVIDET, "train", *TINY_TRAIN, "--epochs", "2", "--patience", "5", "--out", str(out)], data_root
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["bundle"] == str(out / "bundle")
+    return out
+
+
+def test_train_writes_checkpoints_metrics_log_and_bundle(trained_run: Path) -> None:
+    with (trained_run / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "val_accuracy", "val_macro_f1", "val_map50", "val_lung_map50"} <= set(rows[0])
+    checkpoint = torch.load(trained_run / "last.pt", weights_only=False)
+    assert {"model", "optimizer", "lr_scheduler", "epoch", "config", "best_metric", "history"} <= set(
+        checkpoint
+    )
+    assert checkpoint["epoch"] == 2
+    card = read_model_card(trained_run / "bundle")
+    assert card["disclaimer"] == "not for clinical use"
+    assert card["classes"] == ["covid19", "pneumonia", "normal"]
+    assert card["architecture"]["backbone"] == "mobilenet_v3_large"
+    assert card["architecture"]["max_size"] == 160
+    assert len(card["training"]["data_hash_sha256"]) == 64
+    assert card["metrics"]["train"]["image"]["n"] == 24  # validated on the tiny images (a pipeline test)
+    assert card["version"] and card["created"]
+
+
+def test_resume_continues_from_the_last_epoch(trained_run: Path, data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    out.mkdir()
+    (out / "metrics.csv").write_text((trained_run / "metrics.csv").read_text())
+    result = run(
+        [
+            *COVIDET,
+            "train",
+            *TINY_TRAIN,
+            "--epochs",
+            "3",
+            "--patience",
+            "5",
+            "--out",
+            str(out),
+            "--resume",
+            str(trained_run / "last.pt"),
+        ],
+        data_root,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stderr
+    with (out / "metrics.csv").open() as handle:
+        assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2", "3"]
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 3
+
+
+def test_early_stopping_follows_the_monitored_metric(data_root: Path, tmp_path: Path) -> None:
+    result = run(
+        [
+            *COVIDET,
+            "train",
+            *TINY_TRAIN,
+            "--epochs",
+            "4",
+            "--patience",
+            "1",
+            "--monitor",
+            "map",
+            "--out",
+            str(tmp_path),
+        ],
+        data_root,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    with (tmp_path / "metrics.csv").open() as handle:
+        values = [float(r["val_map"]) for r in csv.DictReader(handle)]
+    # With patience 1, training stops at the first validation that does not beat the best so far.
+    first_stale = next((i for i in range(1, len(values)) if values[i] <= max(values[:i])), None)
+    if first_stale is None:
+        assert len(values) == 4 and summary["stopped_because"] == "max epochs"
+    else:
+        assert len(values) == first_stale + 1
+        assert summary["stopped_because"].startswith("early stop")
+    assert summary["best_epoch"] == 1 + values.index(max(values))
+
+
+def test_evaluate_writes_report_and_plots(trained_run: Path, data_root: Path, tmp_path: Path) -> None:
+    result = run(
+        [
+            *COVIDET,
+            "evaluate",
+            "--model",
+            str(trained_run / "bundle"),
+            "--tier",
+            "tiny",
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        data_root,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == json.loads((tmp_path / "report.json").read_text())
+    image = report["image"]
+    assert image["n"] == 24
+    assert {"accuracy", "macro_f1", "macro_auc", "ece", "confusion_matrix", "per_class"} <= set(image)
+    assert sum(map(sum, image["confusion_matrix"])) == 24
+    for name in ("covid19", "pneumonia", "normal"):
+        assert {"sensitivity", "specificity", "auc"} <= set(image["per_class"][name])
+    assert {"map", "map50", "per_class"} <= set(report["detection"])
+    assert report["disclaimer"] == "not for clinical use"
+    for plot in ("confusion_matrix.png", "roc.png", "reliability.png"):
+        with Image.open(tmp_path / plot) as picture:
+            assert picture.size[0] > 100
+
+
+def test_bad_dataset_path_is_one_line_error(data_root: Path, tmp_path: Path) -> None:
+    result = run([*COVIDET, "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)], data_root)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: dataset path does not exist")
+    assert "Traceback" not in result.stderr
+
+
+def test_ddp_training_with_two_gloo_processes(data_root: Path, tmp_path: Path) -> None:
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "0",
+        "-m",
+        "covidet.cli",
+    ]
+    result = run(
+        [*torchrun, "train", *TINY_TRAIN, "--epochs", "1", "--out", str(tmp_path)], data_root, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "bundle" / "model.pt").is_file()
+    with (tmp_path / "metrics.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 1  # only rank 0 writes
+
+
+# --- predict with the shipped bundle -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped_bundle() -> Path:
+    bundle = default_bundle_path()
+    assert bundle is not None, "the shipped model bundle is missing from models/"
+    return bundle
+
+
+def test_predict_dicom_png_and_jpeg_with_the_shipped_bundle(
+    shipped_bundle: Path, rg1_dicom: Path, data_root: Path, tmp_path: Path
+) -> None:
+    jpeg = data_root / "images" / "covid19" / sorted(os.listdir(data_root / "images" / "covid19"))[0]
+    png = tmp_path / "xray.png"
+    with Image.open(jpeg) as picture:
+        picture.save(png)
+    draw = tmp_path / "drawn"
+    result = run([*COVIDET, "predict", str(rg1_dicom), str(png), str(jpeg), "--draw", str(draw)], data_root)
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert [r["file"] for r in records] == [str(rg1_dicom), str(png), str(jpeg)]
+    card = read_model_card(shipped_bundle)
+    sizes = [(2140, 1760)]  # RG1_UNCR: Rows x Columns (H, W)
+    for source in (png, jpeg):
+        with Image.open(source) as picture:
+            sizes.append((picture.height, picture.width))
+    for record, (height, width) in zip(records, sizes, strict=True):
+        assert record["model"] == {"name": card["name"], "version": card["version"]}
+        assert record["disclaimer"] == "not for clinical use"
+        assessment = record["assessment"]
+        assert assessment["label"] in {"covid19", "pneumonia", "normal"}
+        assert sum(assessment["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert assessment["threshold"] == card["decision"]["threshold"]
+        for finding in record["findings"]:
+            x1, y1, x2, y2 = finding["box"]
+            assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height  # original-image pixels
+            assert finding["label"] in {"covid19", "pneumonia", "normal"} and 0.3 <= finding["score"] <= 1
+    assert records[1]["findings"] == records[2]["findings"]  # same pixels as PNG or JPEG, same answer
+    assert len(list(draw.glob("*.png"))) == 3
+
+
+def test_predict_corrupt_file_is_one_line_error_without_traceback(
+    shipped_bundle: Path, data_root: Path, tmp_path: Path, rg1_dicom: Path
+) -> None:
+    corrupt = tmp_path / "corrupt.dcm"
+    corrupt.write_bytes(rg1_dicom.read_bytes()[:5000])
+    result = run([*COVIDET, "predict", str(corrupt)], data_root)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "corrupt.dcm" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert json.loads(result.stdout)[0]["error"]
