@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
 import torch
 from PIL import Image
@@ -182,10 +183,9 @@ def test_ddp_training_with_two_gloo_processes(data_root: Path, tmp_path: Path) -
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "0",
         "-m",
         "covidet.cli",
     ]
@@ -193,6 +193,7 @@ def test_ddp_training_with_two_gloo_processes(data_root: Path, tmp_path: Path) -
         [*torchrun, "train", *TINY_TRAIN, "--epochs", "1", "--out", str(tmp_path)], data_root, timeout=900
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("training on 24 of 24 images") == 2  # both ranks ran
     assert (tmp_path / "bundle" / "model.pt").is_file()
     with (tmp_path / "metrics.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 1  # only rank 0 writes
@@ -221,7 +222,8 @@ def test_predict_dicom_png_and_jpeg_with_the_shipped_bundle(
     records = json.loads(result.stdout)
     assert [r["file"] for r in records] == [str(rg1_dicom), str(png), str(jpeg)]
     card = read_model_card(shipped_bundle)
-    sizes = [(2140, 1760)]  # RG1_UNCR: Rows x Columns (H, W)
+    header = pydicom.dcmread(rg1_dicom, stop_before_pixels=True)
+    sizes = [(int(header.Rows), int(header.Columns))]
     for source in (png, jpeg):
         with Image.open(source) as picture:
             sizes.append((picture.height, picture.width))

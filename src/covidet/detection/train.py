@@ -1,6 +1,7 @@
 """Training driver: data, model, optimiser, the epoch loop, validation, checkpoints, bundle.
 
-Run one process (``covidet train``) or several with ``torchrun --nproc_per_node N -m covidet.cli train``
+Run one process (``covidet train``) or several with
+``torchrun --standalone --nproc_per_node N -m covidet.cli train``
 (DDP: NCCL on GPUs, gloo on CPU). Only rank 0 validates, writes checkpoints, the metrics log and the
 bundle. A checkpoint is a dict with named keys: ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``,
 ``config``, ``best_metric``, ``best_epoch``, ``history``, ``stale_validations``, ``rng``.
