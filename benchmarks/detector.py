@@ -93,7 +93,7 @@ def bench_train_step(backbone: str, size: int, batch: int, repeat: int) -> dict:
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     times = times[1:]  # the first step allocates and is slower
     return {
         "batch": batch,

