@@ -30,7 +30,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/detector.py --out benchmarks/results/detector.json
+	$(BIN)/python benchmarks/detector.py --sizes 384 512 800 --out benchmarks/results/detector.json
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
