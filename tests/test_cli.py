@@ -166,6 +166,10 @@ def test_evaluate_writes_report_and_plots(trained_run: Path, data_root: Path, tm
         assert {"sensitivity", "specificity", "auc"} <= set(image["per_class"][name])
     assert {"map", "map50", "per_class"} <= set(report["detection"])
     assert report["disclaimer"] == "not for clinical use"
+    assert sum(entry["n"] for entry in report["per_source"].values()) == 24
+    correct = round(image["accuracy"] * 24)
+    assert sum(entry["correct"] for entry in report["per_source"].values()) == correct
+    assert report["stability"]["side"] == 224 and 0 <= report["stability"]["unchanged"] <= 1
     for plot in ("confusion_matrix.png", "roc.png", "reliability.png"):
         with Image.open(tmp_path / plot) as picture:
             assert picture.size[0] > 100

@@ -183,6 +183,9 @@ def evaluate(
     ] = None,
     device: DeviceOption = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    stability_side: Annotated[
+        int, typer.Option(help="also re-run with images down-sampled to this many px and back (0: skip)")
+    ] = 224,
 ) -> None:
     """Evaluate a model bundle: COCO box metrics and image-level clinical metrics; prints JSON."""
     settings = _setup()
@@ -203,6 +206,7 @@ def evaluate(
             threshold=threshold,
             device=device or settings.device,
             show_progress=progress,
+            stability_side=stability_side or None,
         )
     except (DatasetError, BundleError) as error:
         raise _fail(str(error)) from None

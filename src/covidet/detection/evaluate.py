@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 from covidet import DISCLAIMER
 from covidet.detection.bundle import load_bundle
 from covidet.detection.data import DetectionDataset, collate_detection, load_records
-from covidet.detection.decision import DEFAULT_THRESHOLD
+from covidet.detection.decision import DEFAULT_THRESHOLD, assess
 from covidet.detection.engine import evaluate_detections, run_inference
 from covidet.detection.metrics import save_metric_plots
-from covidet.detection.transforms import Compose, ResizeLongerSide
+from covidet.detection.transforms import Compose, DownsampleRoundTrip, ResizeLongerSide
 
 __all__ = ["evaluate_bundle"]
 
@@ -35,8 +35,13 @@ def evaluate_bundle(
     threshold: float | None = None,
     device: str = "cpu",
     show_progress: bool = True,
+    stability_side: int | None = 224,
 ) -> dict[str, Any]:
     """Run ``bundle`` on every image of ``split`` and compute box and image-level metrics.
+
+    Also reports accuracy per data source (``per_source``: a model that reads the source instead of the
+    lungs shows it here) and, unless ``stability_side`` is ``None``, ``stability``: the share of images
+    whose label is unchanged when the image is down-sampled to ``stability_side`` px and back up.
 
     Writes ``report.json`` and ``confusion_matrix.png``, ``roc.png``, ``reliability.png`` into
     ``out_dir`` when given. The threshold defaults to the model card's.
@@ -53,12 +58,43 @@ def evaluate_bundle(
         model, loader, device=torch.device(device), show_progress=show_progress, desc=f"evaluate {split}"
     )
     result = evaluate_detections(predictions, ground_truth, labels, threshold=threshold)
+    decided = [assess(p.labels, p.scores, threshold=threshold).label for p in predictions]
+    per_source: dict[str, dict[str, int | float]] = {}
+    for record, label in zip(records, decided, strict=True):
+        entry = per_source.setdefault(record.source or "unknown", {"n": 0, "correct": 0})
+        entry["n"] += 1
+        entry["correct"] += int(label == record.label)
+    for entry in per_source.values():
+        entry["accuracy"] = entry["correct"] / entry["n"]
+    stability = None
+    if stability_side is not None:
+        degraded = DetectionDataset(
+            records, Compose([DownsampleRoundTrip(stability_side), ResizeLongerSide(size)])
+        )
+        degraded_loader = DataLoader(
+            degraded, batch_size=1, shuffle=False, collate_fn=collate_detection, num_workers=1
+        )
+        low_predictions, *_ = run_inference(
+            model,
+            degraded_loader,
+            device=torch.device(device),
+            show_progress=show_progress,
+            desc=f"stability at {stability_side}px",
+        )
+        low = [assess(p.labels, p.scores, threshold=threshold).label for p in low_predictions]
+        stability = {
+            "side": stability_side,
+            "unchanged": sum(a == b for a, b in zip(decided, low, strict=True)) / len(low),
+            "accuracy_degraded": sum(lab == r.label for lab, r in zip(low, records, strict=True)) / len(low),
+        }
     report = {
         "model": {"name": card.get("name"), "version": card.get("version"), "bundle": str(bundle)},
         "split": split,
         "tier": tier,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **result.report,
+        "per_source": per_source,
+        "stability": stability,
         "seconds_per_image": round(seconds, 4),
         "disclaimer": DISCLAIMER,
     }

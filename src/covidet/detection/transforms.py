@@ -23,6 +23,7 @@ from torchvision.transforms import v2
 
 __all__ = [
     "Compose",
+    "DownsampleRoundTrip",
     "RandomContrast",
     "RandomGeometry",
     "RandomResolution",
@@ -93,6 +94,22 @@ class RandomResolution:
             low, size=(height, width), mode=mode, **({} if mode == "nearest" else {"align_corners": False})
         )
         return back[0].clamp_(0, 1), target
+
+
+class DownsampleRoundTrip:
+    """Deterministic: down-sample so the longer side is ``side`` pixels, then back to the original size
+    (bilinear). Used to test that labels do not hinge on resolution."""
+
+    def __init__(self, side: int = 224) -> None:
+        self.side = side
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        height, width = image.shape[-2:]
+        if max(height, width) <= self.side:
+            return image, target
+        low, _ = resize_longer_side(image, {"boxes": torch.zeros(0, 4)}, self.side)
+        back = F.interpolate(low[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        return back.clamp_(0, 1), target
 
 
 class RandomContrast:
