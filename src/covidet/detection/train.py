@@ -317,7 +317,7 @@ def train(config: TrainConfig) -> TrainResult:
             "lr": optimizer.param_groups[0]["lr"],
             **{f"train_{k}": v for k, v in losses.items()},
         }
-        stop = torch.zeros(1)
+        stop = torch.zeros(1, device=device)  # NCCL broadcasts CUDA tensors only
         if is_main:
             if validate:
                 predictions, ground_truth, labels, _ = run_inference(
