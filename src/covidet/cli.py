@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from tqdm import tqdm
 
 from covidet import DISCLAIMER, __version__
 from covidet.config import get_settings
@@ -237,20 +238,30 @@ def predict(
     except BundleError as error:
         raise _fail(str(error)) from None
     records: list[dict[str, Any]] = [{"file": str(f)} for f in files]
-    readable: list[tuple[int, Any]] = []
-    for index, path in enumerate(files):
-        try:
-            readable.append((index, read_image(path)))
-        except ImageReadError as error:
-            typer.echo(f"error: {error}", err=True)
-            records[index]["error"] = str(error)
-    predictions = predictor.predict([xray for _, xray in readable], batch_size=batch_size)
-    for (index, xray), prediction in zip(readable, predictions, strict=True):
-        records[index] |= prediction.to_json(model_name=predictor.name, model_version=predictor.version)
-        if draw is not None:
-            draw_prediction(xray, prediction, draw / f"{index:04d}_{files[index].stem}.png")
+    failures = 0
+    # Files are read and assessed in chunks so that memory stays bounded however many are given
+    # (a decoded 16-bit radiograph takes ~16 MB as float32); the bar shows on a terminal only.
+    chunk_size = max(1, batch_size) * 4
+    with tqdm(total=len(files), desc="predict", unit="image", disable=None, file=sys.stderr) as bar:
+        for chunk_start in range(0, len(files), chunk_size):
+            readable: list[tuple[int, Any]] = []
+            for index in range(chunk_start, min(chunk_start + chunk_size, len(files))):
+                try:
+                    readable.append((index, read_image(files[index])))
+                except ImageReadError as error:
+                    typer.echo(f"error: {error}", err=True)
+                    records[index]["error"] = str(error)
+                    failures += 1
+            predictions = predictor.predict([xray for _, xray in readable], batch_size=batch_size)
+            for (index, xray), prediction in zip(readable, predictions, strict=True):
+                records[index] |= prediction.to_json(
+                    model_name=predictor.name, model_version=predictor.version
+                )
+                if draw is not None:
+                    draw_prediction(xray, prediction, draw / f"{index:04d}_{files[index].stem}.png")
+            bar.update(min(chunk_size, len(files) - chunk_start))
     typer.echo(json.dumps(records, indent=2))
-    if len(readable) < len(files):
+    if failures:
         raise typer.Exit(1)
 
 
