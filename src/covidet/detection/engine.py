@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from covidet.detection.decision import DEFAULT_THRESHOLD, RULE_NAME, assess
 from covidet.detection.metrics import ImageDetections, coco_detection_metrics, image_level_metrics
-from covidet.domain import CLASS_NAMES, model_id_from_label
+from covidet.domain import CLASS_NAMES, Assessment, model_id_from_label
 
 __all__ = [
     "EvaluationResult",
@@ -163,11 +163,12 @@ def run_inference(
 
 @dataclass
 class EvaluationResult:
-    """Metrics report (JSON-ready) plus the arrays the plots need."""
+    """Metrics report (JSON-ready) plus the arrays the plots need and the per-image decisions."""
 
     report: dict[str, Any]
     y_true: np.ndarray
     probabilities: np.ndarray
+    assessments: list[Assessment]
 
 
 def evaluate_detections(
@@ -204,7 +205,9 @@ def evaluate_detections(
         "image": image,
         "decision": {"rule": RULE_NAME, "threshold": threshold},
     }
-    return EvaluationResult(report=report, y_true=np.asarray(image_labels), probabilities=probabilities)
+    return EvaluationResult(
+        report=report, y_true=np.asarray(image_labels), probabilities=probabilities, assessments=assessments
+    )
 
 
 def summary_metrics(report: dict[str, Any]) -> dict[str, float]:

@@ -58,7 +58,7 @@ def evaluate_bundle(
         model, loader, device=torch.device(device), show_progress=show_progress, desc=f"evaluate {split}"
     )
     result = evaluate_detections(predictions, ground_truth, labels, threshold=threshold)
-    decided = [assess(p.labels, p.scores, threshold=threshold).label for p in predictions]
+    decided = [a.label for a in result.assessments]
     per_source: dict[str, dict[str, int | float]] = {}
     for record, label in zip(records, decided, strict=True):
         entry = per_source.setdefault(record.source or "unknown", {"n": 0, "correct": 0})

@@ -19,7 +19,7 @@ from torchvision.utils import draw_bounding_boxes
 from covidet import DISCLAIMER
 from covidet.detection.bundle import BundleError, default_bundle_path, load_bundle
 from covidet.detection.decision import DEFAULT_THRESHOLD, assess
-from covidet.detection.transforms import resize_longer_side
+from covidet.detection.transforms import resize_image
 from covidet.domain import Assessment, Box, Finding, label_from_model_id
 from covidet.imaging import XRayImage
 
@@ -126,7 +126,7 @@ class Predictor:
         tensors, scales = [], []
         for xray in images:
             pixels = torch.from_numpy(np.ascontiguousarray(xray.pixels, np.float32))[None]
-            resized, _ = resize_longer_side(pixels, {"boxes": torch.zeros(0, 4)}, self.input_size)
+            resized = resize_image(pixels, self.input_size)
             tensors.append(resized.expand(3, -1, -1))
             scales.append((xray.width / resized.shape[-1], xray.height / resized.shape[-2]))
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)

@@ -29,6 +29,7 @@ __all__ = [
     "RandomResolution",
     "ResizeLongerSide",
     "build_train_transform",
+    "resize_image",
     "resize_longer_side",
 ]
 
@@ -47,21 +48,31 @@ class Compose:
         return image, target
 
 
-def resize_longer_side(image: torch.Tensor, target: Target, size: int) -> tuple[torch.Tensor, Target]:
-    """Resize so the longer side is ``size`` pixels (antialiased), scaling boxes with it."""
+def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``[C, H, W]`` so the longer side is ``size`` pixels (antialiased when shrinking)."""
     height, width = image.shape[-2:]
     scale = size / max(height, width)
     if abs(scale - 1.0) < 1e-6:
-        return image, target
+        return image
     new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    image = F.interpolate(
+    resized = F.interpolate(
         image[None], size=new_size, mode="bilinear", antialias=scale < 1, align_corners=False
     )[0]
+    return resized.clamp_(0, 1)
+
+
+def resize_longer_side(image: torch.Tensor, target: Target, size: int) -> tuple[torch.Tensor, Target]:
+    """:func:`resize_image`, scaling ``target["boxes"]`` with the image."""
+    height, width = image.shape[-2:]
+    resized = resize_image(image, size)
+    if resized is image:
+        return image, target
+    new_height, new_width = resized.shape[-2:]
     target = dict(target)
     target["boxes"] = target["boxes"] * torch.tensor(
-        [new_size[1] / width, new_size[0] / height] * 2, dtype=torch.float32
+        [new_width / width, new_height / height] * 2, dtype=torch.float32
     )
-    return image.clamp_(0, 1), target
+    return resized, target
 
 
 class ResizeLongerSide:
@@ -107,7 +118,7 @@ class DownsampleRoundTrip:
         height, width = image.shape[-2:]
         if max(height, width) <= self.side:
             return image, target
-        low, _ = resize_longer_side(image, {"boxes": torch.zeros(0, 4)}, self.side)
+        low = resize_image(image, self.side)
         back = F.interpolate(low[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         return back.clamp_(0, 1), target
 
