@@ -35,3 +35,30 @@ def rg1_dicom() -> Path:
     path = get_testdata_file("RG1_UNCR.dcm", download=False)
     assert path is not None, "pydicom-data is not installed"
     return Path(path)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL cluster for the whole test session (see tests/servers.py)."""
+    from tests.servers import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path: Path) -> str:
+    """A fresh, empty database on each backend: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'covidet.db'}"
+    server = request.getfixturevalue("postgres_server")
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    base = server.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server.url.rsplit("/", 1)[0] + f"/{name}"

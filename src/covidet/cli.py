@@ -37,6 +37,8 @@ def _setup(log_level: str | None = None, threads: int | None = None) -> Any:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Migrations run at every start; their step-by-step INFO lines are noise for users.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     if settings.threads:
         import torch
 
@@ -263,6 +265,99 @@ def predict(
     typer.echo(json.dumps(records, indent=2))
     if failures:
         raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------ store and devices
+
+devices_app = typer.Typer(help="Register and list the devices that may send data.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+
+
+def _database(settings: Any) -> Any:
+    """The database of ``settings``, migrated to the newest schema; a clear error if unreachable."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from covidet.store import Database
+
+    try:
+        return Database.from_settings(settings)
+    except SQLAlchemyError as exc:
+        raise _fail(
+            f"cannot open the database {settings.resolved_database_url!r}: {exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+
+
+@devices_app.command("add")
+def devices_add(
+    name: Annotated[str, typer.Argument(help="unique device name")],
+    kind: Annotated[str, typer.Option("--kind", help="modality | sensor | uploader")],
+    ae_title: Annotated[
+        str | None, typer.Option("--ae-title", help="calling AE title of a modality (default: NAME)")
+    ] = None,
+) -> None:
+    """Create a device and print its id and credentials as JSON (shown once; only hashes are kept)."""
+    from covidet.store import DeviceKind, queries
+
+    settings = _setup()
+    if kind not in {k.value for k in DeviceKind}:
+        raise _fail(f"--kind must be one of {', '.join(k.value for k in DeviceKind)}, not {kind!r}")
+    db = _database(settings)
+    try:
+        with db.session(write=True) as session:
+            credentials = queries.create_device(session, name, kind, ae_title=ae_title)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    # --- devices add: broker files (mqtt) ---
+    typer.echo(json.dumps(credentials.to_json(), indent=2))
+
+
+@devices_app.command("list")
+def devices_list() -> None:
+    """List registered devices as JSON (no secrets)."""
+    from covidet.store import queries
+
+    settings = _setup()
+    db = _database(settings)
+    with db.session() as session:
+        rows = [
+            {
+                "device_id": d.id,
+                "name": d.name,
+                "kind": d.kind,
+                "ae_title": d.ae_title,
+                "mqtt_username": d.mqtt_username,
+                "active": d.active,
+                "created_at": d.created_at.isoformat(),
+            }
+            for d in queries.list_devices(session)
+        ]
+    typer.echo(json.dumps(rows, indent=2))
+
+
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (the stable, scriptable form)")] = False,
+) -> None:
+    """Counts of what covidet holds: images, studies, patients, vitals, rejected messages, devices."""
+    from covidet.store import queries
+
+    settings = _setup()
+    db = _database(settings)
+    with db.session() as session:
+        counts = queries.counts(session)
+    if as_json:
+        typer.echo(json.dumps(counts))
+    else:
+        for key, value in counts.items():
+            typer.echo(f"{key:>18}: {value}")
+
+
+# ------------------------------------------------------------------------------------ ingest services
+# --- dicom-scp command ---
+# --- mqtt-ingest command ---
+# --- upload/serve command ---
+# --- simulate command ---
 
 
 def main() -> None:

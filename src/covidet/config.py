@@ -37,6 +37,52 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads; default: torch's choice")
     log_level: str = Field("INFO", description="logging level: DEBUG, INFO, WARNING, ERROR")
 
+    # --- store -------------------------------------------------------------------------------------
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db; default: SQLite file "
+        "<home>/covidet.db",
+    )
+    # --- ingest ------------------------------------------------------------------------------------
+    ae_title: str = Field("COVIDET", max_length=16, description="called AE title of the DICOM receiver")
+    max_image_bytes: int = Field(
+        200 * 1024 * 1024, ge=1024, description="largest accepted image file or DICOM object, bytes"
+    )
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="largest accepted image, pixels (rows x columns x frames)"
+    )
+    mqtt_broker_host: str = Field("127.0.0.1", description="MQTT broker host of the vitals subscriber")
+    mqtt_broker_port: int = Field(1883, ge=1, le=65535, description="MQTT broker port")
+    mqtt_username: str | None = Field(None, description="MQTT user of the covidet vitals subscriber")
+    mqtt_password: str | None = Field(None, description="MQTT password of the covidet vitals subscriber")
+    mqtt_tls_ca: Path | None = Field(None, description="CA certificate file: connect to the broker over TLS")
+    mqtt_client_id: str = Field(
+        "covidet-ingest", description="MQTT client id; fixed so the broker keeps the QoS-1 session"
+    )
+    mosquitto_dir: Path | None = Field(
+        None,
+        description="where `devices add` writes Mosquitto's password and ACL files; default <home>/mosquitto",
+    )
+
+    @property
+    def home_dir(self) -> Path:
+        """``home`` with ``~`` expanded."""
+        return self.home.expanduser()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """``database_url``, or the SQLite file in ``home``."""
+        return self.database_url or f"sqlite:///{self.home_dir / 'covidet.db'}"
+
+    @property
+    def image_store_dir(self) -> Path:
+        """Folder of the content-addressed image store."""
+        return self.home_dir / "images"
+
+    @property
+    def resolved_mosquitto_dir(self) -> Path:
+        return (self.mosquitto_dir or self.home_dir / "mosquitto").expanduser()
+
     @classmethod
     def settings_customise_sources(
         cls,

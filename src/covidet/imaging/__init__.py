@@ -3,9 +3,19 @@
 from covidet.imaging.reader import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
+    ImageHeader,
     ImageReadError,
     XRayImage,
+    inspect_image,
     read_image,
 )
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "ImageReadError", "XRayImage", "read_image"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "ImageHeader",
+    "ImageReadError",
+    "XRayImage",
+    "inspect_image",
+    "read_image",
+]

@@ -25,7 +25,15 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "ImageReadError", "XRayImage", "read_image"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "ImageHeader",
+    "ImageReadError",
+    "XRayImage",
+    "inspect_image",
+    "read_image",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -357,3 +365,126 @@ def _grayscale_display(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     if high == low:
         return np.zeros(values.shape, dtype=np.float64)
     return (values.astype(np.float64) - low) / (high - low)
+
+
+# ---------------------------------------------------------------------------- fast header inspection
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an ingest path needs to accept an image, read without decoding its pixels.
+
+    ``media_type`` is ``application/dicom``, ``image/png`` or ``image/jpeg``. DICOM identifiers are
+    ``None`` for PNG/JPEG or when the DICOM lacks them.
+    """
+
+    media_type: str
+    width: int
+    height: int
+    transfer_syntax_uid: str | None = None
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    accession_number: str | None = None
+    study_description: str | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+    modality: str | None = None
+
+
+def inspect_image(
+    source: bytes | Dataset,
+    *,
+    name: str = "<bytes>",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ImageHeader:
+    """Check that ``source`` is a single-frame DICOM, PNG or JPEG image covidet can decode, cheaply.
+
+    Reads headers only: the pixel count is bounded before anything is decoded (a decompression bomb
+    is refused here), a DICOM must have pixel data of the length its header promises (uncompressed)
+    or a complete first fragment (encapsulated), and its transfer syntax must have a decoder. Full
+    decoding happens later, off the receiving thread (:func:`read_image`).
+
+    Raises:
+        ImageReadError: with a one-line reason.
+    """
+    if isinstance(source, Dataset):
+        return _inspect_dicom(source, name, max_pixels)
+    if source[:8] == _PNG_MAGIC or source[:3] == _JPEG_MAGIC:
+        fmt = "png" if source[:8] == _PNG_MAGIC else "jpeg"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(io.BytesIO(source), formats=[fmt.upper()])
+                width, height = im.size
+        except Image.DecompressionBombError as exc:
+            raise ImageReadError(name, f"image too large: {_short(exc)}") from exc
+        except Exception as exc:
+            raise ImageReadError(
+                name, f"truncated or corrupt {fmt.upper()}: header cannot be parsed"
+            ) from exc
+        _check_size(name, width, height, max_pixels)
+        return ImageHeader(media_type=f"image/{fmt}", width=width, height=height)
+    return _inspect_dicom(_parse_dicom(source, name), name, max_pixels)
+
+
+def _inspect_dicom(ds: Dataset, name: str, max_pixels: int) -> ImageHeader:
+    from pydicom.encaps import generate_frames
+
+    try:
+        if "PixelData" not in ds:
+            raise ImageReadError(name, "DICOM has no pixel data")
+        try:
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            frames = int(ds.get("NumberOfFrames") or 1)
+            bits_allocated = int(ds.BitsAllocated)
+            samples = int(ds.get("SamplesPerPixel") or 1)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ImageReadError(name, f"DICOM image header is incomplete: {_short(exc)}") from exc
+        if frames != 1:
+            raise ImageReadError(name, f"multi-frame DICOM ({frames} frames) is not supported")
+        _check_size(name, cols, rows, max_pixels)
+        tsyntax = _transfer_syntax(ds)
+        try:
+            get_decoder(tsyntax)
+        except NotImplementedError as exc:
+            raise ImageReadError(name, f"DICOM transfer syntax {tsyntax.name} is not supported") from exc
+        pixel_data = ds.PixelData
+        if tsyntax.is_encapsulated:
+            try:
+                first = next(generate_frames(pixel_data, number_of_frames=1), b"")
+            except Exception as exc:
+                raise ImageReadError(
+                    name, f"truncated or corrupt encapsulated pixel data: {_short(exc)}"
+                ) from exc
+            if not first:
+                raise ImageReadError(name, "encapsulated pixel data holds no frame")
+        else:
+            expected = rows * cols * samples * max(bits_allocated // 8, 1) if bits_allocated >= 8 else 0
+            if len(pixel_data) < expected:
+                raise ImageReadError(
+                    name,
+                    f"truncated DICOM pixel data: {len(pixel_data)} bytes, the header needs {expected}",
+                )
+    except ImageReadError:
+        raise
+    except Exception as exc:  # a damaged element deep in a lazily-read dataset
+        raise ImageReadError(name, f"truncated or corrupt DICOM: {_short(exc)}") from exc
+    return ImageHeader(
+        media_type="application/dicom",
+        width=cols,
+        height=rows,
+        transfer_syntax_uid=str(tsyntax),
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_description=_text(ds, "StudyDescription"),
+        study_date=_text(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime"),
+        modality=_text(ds, "Modality"),
+    )

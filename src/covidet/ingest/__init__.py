@@ -1,0 +1,1 @@
+"""Device ingest: DICOM C-STORE receiver, HTTPS upload, MQTT vitals, and the content-addressed store."""

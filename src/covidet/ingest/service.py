@@ -1,0 +1,231 @@
+"""Accepting an image: validate, store durably, record, enqueue. Shared by the DICOM receiver and the
+HTTPS upload, so both refuse and deduplicate the same way.
+
+Order of work, and why: the header is checked without decoding pixels (cheap, and a bomb is refused
+before it can cost memory); the file is written and fsynced to the content-addressed store; the
+database rows are committed (SQLite ``synchronous=FULL``, PostgreSQL's default commit durability);
+only then does the caller acknowledge (C-STORE success, HTTP 201). A crash before the commit leaves at
+most an orphan file, never an acknowledged image that is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from sqlalchemy.exc import IntegrityError
+
+from covidet.imaging.reader import ImageHeader, ImageReadError, inspect_image
+from covidet.ingest.storage import ImageStore
+from covidet.store import queries
+from covidet.store.db import Database
+from covidet.store.models import Image, ImageStatus
+from covidet.worker.queue import AnalysisQueue
+
+__all__ = ["ACCEPTED_SOP_CLASSES", "AcceptResult", "ImageIngest", "IngestRejected"]
+
+logger = logging.getLogger(__name__)
+
+#: Storage SOP classes of chest radiographs that covidet accepts.
+ACCEPTED_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
+    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+}
+
+
+class IngestRejected(Exception):
+    """The input was refused; ``reason`` is one line for the sender and the log."""
+
+    def __init__(self, reason: str, *, too_large: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.too_large = too_large
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    """An accepted image. ``duplicate`` is true when it was already stored (nothing new written)."""
+
+    image_id: int
+    study_id: int
+    patient_id: int
+    sop_instance_uid: str
+    duplicate: bool
+
+
+def _study_datetime(header: ImageHeader) -> datetime | None:
+    if not header.study_date:
+        return None
+    text = header.study_date + (header.study_time or "000000").split(".")[0].ljust(6, "0")[:6]
+    try:
+        return datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+class ImageIngest:
+    """Accepts images into ``store`` and ``db`` and hands them to ``analysis_queue``. Thread-safe."""
+
+    def __init__(
+        self,
+        db: Database,
+        store: ImageStore,
+        analysis_queue: AnalysisQueue,
+        *,
+        max_bytes: int,
+        max_pixels: int,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.queue = analysis_queue
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+
+    def reject(self, channel: str, source: str | None, reason: str, payload: bytes | None) -> None:
+        """Log a refusal and keep it in ``rejected_messages``; never raises."""
+        logger.warning("%s input from %s refused: %s", channel, source or "unknown sender", reason)
+        try:
+            with self.db.session() as session:
+                queries.add_rejected(session, channel=channel, source=source, reason=reason, payload=payload)
+        except Exception:
+            logger.exception("could not record the refused %s input", channel)
+
+    def accept(
+        self,
+        data: bytes,
+        *,
+        channel: str,
+        device_id: int | None,
+        source: str | None = None,
+        dataset: Dataset | None = None,
+        filename: str | None = None,
+        patient_key: str | None = None,
+    ) -> AcceptResult:
+        """Validate, store, record and enqueue one image.
+
+        ``data`` is the complete file (DICOM Part 10, PNG or JPEG); ``dataset`` the already parsed
+        DICOM when the caller has it (the receiver), so it is not parsed twice. ``patient_key``
+        names the patient of a PNG/JPEG (DICOM carries its own PatientID).
+
+        Raises:
+            IngestRejected: bad or unacceptable input (already logged and recorded).
+        """
+        name = filename or source or channel
+        try:
+            if len(data) > self.max_bytes:
+                raise IngestRejected(
+                    f"{len(data)} bytes is more than the limit of {self.max_bytes}", too_large=True
+                )
+            try:
+                header = inspect_image(
+                    dataset if dataset is not None else data, name=name, max_pixels=self.max_pixels
+                )
+            except ImageReadError as exc:
+                raise IngestRejected(str(exc), too_large="too large" in str(exc)) from exc
+            if header.media_type == "application/dicom":
+                if header.sop_class_uid not in ACCEPTED_SOP_CLASSES:
+                    raise IngestRejected(
+                        f"SOP class {header.sop_class_uid} is not a chest radiograph class covidet accepts "
+                        f"({', '.join(ACCEPTED_SOP_CLASSES.values())})"
+                    )
+                if not header.sop_instance_uid or not header.study_instance_uid:
+                    raise IngestRejected("DICOM lacks SOPInstanceUID or StudyInstanceUID")
+        except IngestRejected as exc:
+            self.reject(channel, source, exc.reason, data)
+            raise
+        return self._store_and_record(data, header, channel, device_id, filename, patient_key)
+
+    def _store_and_record(
+        self,
+        data: bytes,
+        header: ImageHeader,
+        channel: str,
+        device_id: int | None,
+        filename: str | None,
+        patient_key: str | None,
+    ) -> AcceptResult:
+        sha256 = hashlib.sha256(data).hexdigest()
+        if header.media_type == "application/dicom":
+            sop_uid, study_uid = header.sop_instance_uid, header.study_instance_uid
+            patient_key = header.patient_id or f"unidentified-{study_uid[-24:]}"
+        else:
+            # Deterministic UIDs from the bytes: the same upload twice is the same image.
+            sop_uid = generate_uid(entropy_srcs=["covidet-upload-image", sha256])
+            study_uid = generate_uid(entropy_srcs=["covidet-upload-study", sha256])
+            patient_key = (patient_key or "").strip() or f"unidentified-{sha256[:16]}"
+        assert sop_uid and study_uid
+
+        with self.db.session() as session:
+            existing = queries.image_by_sop_instance_uid(session, sop_uid)
+            if existing is not None:
+                return self._duplicate(existing, channel)
+
+        stored = self.store.put(data, header.media_type)
+        try:
+            with self.db.session(write=True) as session:
+                existing = queries.image_by_sop_instance_uid(session, sop_uid)
+                if existing is not None:
+                    return self._duplicate(existing, channel)
+                patient = queries.get_or_create_patient(session, patient_key, name=header.patient_name)
+                study = queries.get_or_create_study(
+                    session,
+                    study_uid,
+                    patient,
+                    accession_number=header.accession_number,
+                    description=header.study_description,
+                    study_datetime=_study_datetime(header),
+                )
+                image = Image(
+                    sop_instance_uid=sop_uid,
+                    sop_class_uid=header.sop_class_uid,
+                    content_sha256=stored.sha256,
+                    path=stored.path,
+                    size_bytes=stored.size_bytes,
+                    media_type=header.media_type,
+                    modality=header.modality,
+                    transfer_syntax_uid=header.transfer_syntax_uid,
+                    rows=header.height,
+                    columns=header.width,
+                    original_filename=filename[:255] if filename else None,
+                    study_id=study.id,
+                    source_device_id=device_id,
+                    status=ImageStatus.QUEUED.value,
+                )
+                session.add(image)
+                session.flush()
+                result = AcceptResult(image.id, study.id, patient.id, sop_uid, duplicate=False)
+        except IntegrityError:  # the same SOP instance committed by a concurrent association
+            with self.db.session() as session:
+                existing = queries.image_by_sop_instance_uid(session, sop_uid)
+                if existing is None:
+                    raise
+                return self._duplicate(existing, channel)
+        logger.info(
+            "%s image %d accepted (SOP %s, %d bytes, patient #%d)",
+            channel,
+            result.image_id,
+            sop_uid,
+            stored.size_bytes,
+            result.patient_id,
+        )
+        try:
+            self.queue.enqueue(result.image_id)
+        except Exception:  # the image is safe in the database as 'queued'; requeue_pending finds it
+            logger.exception("could not enqueue image %d; it stays queued in the database", result.image_id)
+        return result
+
+    def _duplicate(self, existing: Image, channel: str) -> AcceptResult:
+        logger.info("%s image %s already stored as image %d", channel, existing.sop_instance_uid, existing.id)
+        return AcceptResult(
+            existing.id,
+            existing.study_id,
+            existing.study.patient_id,
+            existing.sop_instance_uid,
+            duplicate=True,
+        )

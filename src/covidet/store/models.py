@@ -1,0 +1,200 @@
+"""SQLAlchemy 2 models of covidet's database (SQLite by default, PostgreSQL at scale).
+
+Schema changes go through Alembic (``covidet/store/migrations``); :func:`covidet.store.db.init_db`
+upgrades a database to the latest revision. Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "Base",
+    "Device",
+    "DeviceKind",
+    "Image",
+    "ImageStatus",
+    "Patient",
+    "RejectedMessage",
+    "Study",
+    "VitalSignRecord",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware (SQLite forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: covidet stores timezone-aware UTC times only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Named constraints so that Alembic migrations are the same on SQLite and PostgreSQL.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class DeviceKind(StrEnum):
+    """What a device may do: send DICOM (modality), publish vitals (sensor), upload over HTTPS."""
+
+    MODALITY = "modality"
+    SENSOR = "sensor"
+    UPLOADER = "uploader"
+
+
+class ImageStatus(StrEnum):
+    """Where an accepted image is in the pipeline."""
+
+    QUEUED = "queued"  # stored and recorded, waiting for analysis
+    ANALYSED = "analysed"
+    FAILED = "failed"
+
+
+class Device(Base):
+    """A registered sender. Credentials are stored hashed only; the secrets are shown once at creation."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    ae_title: Mapped[str | None] = mapped_column(String(16), unique=True)
+    api_key_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
+    mqtt_username: Mapped[str | None] = mapped_column(String(64), unique=True)
+    #: Mosquitto password-file line hash (PBKDF2-SHA512, ``$7$``), so the file can be rewritten any time.
+    mqtt_password_hash: Mapped[str | None] = mapped_column(String(256))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Patient(Base):
+    """A patient, keyed by the identifier the devices send (DICOM PatientID or the vitals payload)."""
+
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_key: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+class Study(Base):
+    """A DICOM study (Study Instance UID), or one synthetic study per upload without DICOM."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(String(256))
+    study_datetime: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    images: Mapped[list[Image]] = relationship(back_populates="study")
+
+
+class Image(Base):
+    """An accepted image file. ``path`` is relative to the image store; the file is named by its hash."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    content_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    media_type: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64))
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    original_filename: Mapped[str | None] = mapped_column(String(255))
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    source_device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=ImageStatus.QUEUED.value, index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    study: Mapped[Study] = relationship(back_populates="images")
+    source_device: Mapped[Device | None] = relationship()
+
+
+class VitalSignRecord(Base):
+    """One set of bedside measurements. (device, patient, measured_at) is unique: a QoS-1 redelivery
+    of the same message is stored once."""
+
+    __tablename__ = "vital_signs"
+    __table_args__ = (
+        UniqueConstraint("device_id", "patient_id", "measured_at", name="uq_vital_signs_reading"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id"))
+    measured_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    spo2_percent: Mapped[float | None] = mapped_column(Float)
+    temperature_c: Mapped[float | None] = mapped_column(Float)
+    heart_rate_per_min: Mapped[float | None] = mapped_column(Float)
+    respiratory_rate_per_min: Mapped[float | None] = mapped_column(Float)
+    systolic_bp_mmhg: Mapped[float | None] = mapped_column(Float)
+
+
+class RejectedMessage(Base):
+    """Input that was refused, kept with the reason so nothing is dropped silently."""
+
+    __tablename__ = "rejected_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    channel: Mapped[str] = mapped_column(String(16))  # mqtt | dicom | upload
+    source: Mapped[str | None] = mapped_column(String(255))  # topic, AE title or device name
+    reason: Mapped[str] = mapped_column(Text)
+    #: The first 64 KiB of the payload, as received.
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary)

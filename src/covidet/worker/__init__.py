@@ -1,0 +1,5 @@
+"""Analysis jobs: the queue that carries accepted images to the detector."""
+
+from covidet.worker.queue import AnalysisQueue, InProcessQueue
+
+__all__ = ["AnalysisQueue", "InProcessQueue"]

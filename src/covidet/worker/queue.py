@@ -1,0 +1,100 @@
+"""The analysis queue between ingest and the detector.
+
+The database is the source of truth: an accepted image is recorded with status ``queued`` *before*
+it is enqueued, so a lost in-memory queue (crash, restart) loses no work: :func:`requeue_pending`
+puts every still-queued image back at start-up.
+
+The default queue runs jobs on threads inside the receiving process (embedded deployment). The
+analysis job itself arrives with the assessment issue; until then the queue is drained by
+``handler=None``, which only counts and logs, leaving images ``queued`` in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from sqlalchemy import select
+
+from covidet.store.db import Database
+from covidet.store.models import Image, ImageStatus
+
+__all__ = ["AnalysisQueue", "InProcessQueue", "requeue_pending"]
+
+logger = logging.getLogger(__name__)
+
+
+class AnalysisQueue(Protocol):
+    """Where ingest hands an accepted image over. ``enqueue`` must return quickly (no analysis)."""
+
+    def enqueue(self, image_id: int) -> None: ...
+
+
+class InProcessQueue:
+    """A thread-safe FIFO drained by ``workers`` daemon threads calling ``handler(image_id)``.
+
+    ``handler=None`` keeps the ids (``enqueued`` counts them) for a consumer that is not there yet.
+    A handler that raises is logged; the job's own retry policy belongs to the handler.
+    """
+
+    def __init__(self, handler: Callable[[int], None] | None = None, *, workers: int = 1) -> None:
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._handler = handler
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.enqueued = 0
+        self.processed = 0
+        if handler is not None:
+            for index in range(workers):
+                thread = threading.Thread(target=self._run, name=f"covidet-analysis-{index}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def enqueue(self, image_id: int) -> None:
+        with self._lock:
+            self.enqueued += 1
+        self._queue.put(image_id)
+        logger.debug("image %d enqueued for analysis", image_id)
+
+    def pending(self) -> int:
+        """Jobs waiting (not yet taken by a worker thread)."""
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        assert self._handler is not None
+        while True:
+            image_id = self._queue.get()
+            if image_id is None:
+                return
+            try:
+                self._handler(image_id)
+            except Exception:
+                logger.exception("analysis of image %d failed", image_id)
+            finally:
+                with self._lock:
+                    self.processed += 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker threads after the jobs already queued."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+
+def requeue_pending(db: Database, target: AnalysisQueue) -> int:
+    """Enqueue every image the database still marks ``queued``; returns how many."""
+    with db.session() as session:
+        ids = list(
+            session.scalars(
+                select(Image.id).where(Image.status == ImageStatus.QUEUED.value).order_by(Image.id)
+            )
+        )
+    for image_id in ids:
+        target.enqueue(image_id)
+    if ids:
+        logger.info("re-queued %d image(s) accepted earlier and not yet analysed", len(ids))
+    return len(ids)
