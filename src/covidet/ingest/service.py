@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy.exc import IntegrityError
 
-from covidet.imaging.reader import ImageHeader, ImageReadError, inspect_image
+from covidet.imaging.reader import ImageHeader, ImageReadError, inspect_image, read_image
 from covidet.ingest.storage import ImageStore
 from covidet.store import queries
 from covidet.store.db import Database
@@ -80,8 +80,13 @@ class ImageIngest:
         *,
         max_bytes: int,
         max_pixels: int,
+        decode_channels: frozenset[str] = frozenset({"upload"}),
     ) -> None:
         self.db = db
+        #: Channels whose images are fully decoded before acceptance. Not the DICOM receiver's: one
+        #: association is sequential, so decoding there would cap throughput; its images are decoded
+        #: by the analysis job, which records a failure with its reason.
+        self.decode_channels = decode_channels
         self.store = store
         self.queue = analysis_queue
         self.max_bytes = max_bytes
@@ -126,6 +131,10 @@ class ImageIngest:
                 header = inspect_image(
                     dataset if dataset is not None else data, name=name, max_pixels=self.max_pixels
                 )
+                if channel in self.decode_channels:
+                    # Bounded by the header check above, a full decode finds truncated or corrupt
+                    # pixel data before the sender is told the image was accepted.
+                    read_image(data, name=name, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
             except ImageReadError as exc:
                 raise IngestRejected(str(exc), too_large="too large" in str(exc)) from exc
             if header.media_type == "application/dicom":

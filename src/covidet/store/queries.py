@@ -105,11 +105,12 @@ def create_device(
         ValueError: unknown kind, bad AE title, or a name/AE title already registered.
     """
     kind = DeviceKind(kind)
-    if kind is DeviceKind.MODALITY:
-        ae_title = (ae_title or name).strip().upper()[:16]
+    if kind is DeviceKind.MODALITY and ae_title is None:
+        ae_title = "".join(c for c in name.upper() if c.isascii() and c.isprintable() and c != "\\")[:16]
     if ae_title is not None:
         ae_title = ae_title.strip()
-        if not ae_title or len(ae_title) > 16 or not ae_title.isascii() or "\\" in ae_title:
+        printable = ae_title.isascii() and ae_title.isprintable() and "\\" not in ae_title
+        if not ae_title or len(ae_title) > 16 or not printable:
             raise ValueError(f"AE title {ae_title!r} must be 1-16 ASCII characters without backslash")
         if session.scalar(select(Device.id).where(Device.ae_title == ae_title)) is not None:
             raise ValueError(f"AE title {ae_title!r} is already registered")
