@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     DateTime,
     Float,
@@ -25,14 +26,19 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "Alert",
     "Base",
     "Device",
     "DeviceKind",
+    "FindingRecord",
     "Image",
     "ImageStatus",
+    "Inference",
+    "InferenceStatus",
     "Patient",
     "RejectedMessage",
     "Study",
+    "TriageRecord",
     "VitalSignRecord",
     "utcnow",
 ]
@@ -160,6 +166,10 @@ class Image(Base):
     source_device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=ImageStatus.QUEUED.value, index=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    #: Current triage priority (urgent | high | routine), copied from the newest TriageRecord so the
+    #: worklist can sort without a join; ``None`` until the image is triaged.
+    priority: Mapped[str | None] = mapped_column(String(16), index=True)
+    priority_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     study: Mapped[Study] = relationship(back_populates="images")
     source_device: Mapped[Device | None] = relationship()
@@ -198,3 +208,92 @@ class RejectedMessage(Base):
     reason: Mapped[str] = mapped_column(Text)
     #: The first 64 KiB of the payload, as received.
     payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class InferenceStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the last attempt failed; ``attempts`` says how many were made
+
+
+class Inference(Base):
+    """One run of one model version on one image: unique per (image, model name, model version), which
+    makes the analysis job idempotent. Timings are seconds."""
+
+    __tablename__ = "inferences"
+    __table_args__ = (
+        UniqueConstraint("image_id", "model_name", "model_version", name="uq_inferences_image_model"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    decision_rule: Mapped[str | None] = mapped_column(String(64))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default=InferenceStatus.RUNNING.value, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(16))
+    #: Image-level class probabilities, {"covid19": p, "pneumonia": p, "normal": p}.
+    probabilities: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    read_seconds: Mapped[float | None] = mapped_column(Float)
+    detect_seconds: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    image: Mapped[Image] = relationship()
+    findings: Mapped[list[FindingRecord]] = relationship(
+        back_populates="inference", cascade="all, delete-orphan", order_by="FindingRecord.score.desc()"
+    )
+
+
+class FindingRecord(Base):
+    """One detected region: box ``[x1, y1, x2, y2]`` in original-image pixels, class and score."""
+
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    inference_id: Mapped[int] = mapped_column(ForeignKey("inferences.id"), index=True)
+    label: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    x2: Mapped[float] = mapped_column(Float)
+    y2: Mapped[float] = mapped_column(Float)
+
+    inference: Mapped[Inference] = relationship(back_populates="findings")
+
+
+class TriageRecord(Base):
+    """A priority computed for an image from its assessment and the patient's recent vitals. Kept as
+    history: a vital sign arriving later adds a new record rather than changing an old one."""
+
+    __tablename__ = "triage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    inference_id: Mapped[int | None] = mapped_column(ForeignKey("inferences.id"))
+    priority: Mapped[str] = mapped_column(String(16))
+    rule: Mapped[str] = mapped_column(String(16))
+    news2_partial: Mapped[int | None] = mapped_column(Integer)
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    #: Ids of the vital_signs rows used.
+    vital_sign_ids: Mapped[list[int]] = mapped_column(JSON)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Alert(Base):
+    """An urgent result, raised when an image's priority becomes urgent; acknowledged by a person."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    triage_id: Mapped[int] = mapped_column(ForeignKey("triage.id"))
+    priority: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
