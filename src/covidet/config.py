@@ -64,6 +64,28 @@ class Settings(BaseSettings):
         description="where `devices add` writes Mosquitto's password and ACL files; default <home>/mosquitto",
     )
 
+    # --- analysis worker ----------------------------------------------------------------------------
+    queue: str = Field(
+        "inprocess",
+        pattern="^(inprocess|celery)$",
+        description="where accepted images are analysed: 'inprocess' (threads of the receiving process) "
+        "or 'celery' (`covidet worker` processes over Redis)",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL of the Celery broker and events"
+    )
+    analysis_workers: int = Field(1, ge=1, le=64, description="in-process analysis threads")
+    analysis_max_attempts: int = Field(
+        3, ge=1, le=20, description="tries per image before it is marked failed"
+    )
+    analysis_retry_seconds: float = Field(
+        2.0, ge=0, description="first retry delay, seconds; doubled after each failed attempt"
+    )
+    # --- reports out ------------------------------------------------------------------------------------
+    pacs_host: str | None = Field(None, description="forward DICOM reports to this PACS host (C-STORE)")
+    pacs_port: int = Field(104, ge=1, le=65535, description="PACS port")
+    pacs_ae_title: str = Field("PACS", max_length=16, description="called AE title of the PACS")
+
     @property
     def home_dir(self) -> Path:
         """``home`` with ``~`` expanded."""

@@ -61,6 +61,9 @@ def test_dicom_and_jpeg_are_stored_recorded_and_enqueued(setup, rg1_dicom: Path,
             "vitals": 0,
             "rejected_messages": 0,
             "devices": 0,
+            "inferences": 0,
+            "failed_inferences": 0,
+            "priorities": {"urgent": 0, "high": 0, "routine": 0},
         }
 
 

@@ -117,6 +117,9 @@ def test_counts_and_rejected_payload_is_cut_to_64_kib(db: Database) -> None:
             "vitals": 0,
             "rejected_messages": 1,
             "devices": 0,
+            "inferences": 0,
+            "failed_inferences": 0,
+            "priorities": {"urgent": 0, "high": 0, "routine": 0},
         }
         from covidet.store import RejectedMessage
 

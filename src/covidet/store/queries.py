@@ -21,6 +21,8 @@ from covidet.store.models import (
     Device,
     DeviceKind,
     Image,
+    Inference,
+    InferenceStatus,
     Patient,
     RejectedMessage,
     Study,
@@ -219,8 +221,10 @@ def add_rejected(
     return row
 
 
-def counts(session: Session) -> dict[str, int]:
-    """Row counts for ``covidet stats``: images, studies, patients, vitals, rejected_messages, devices."""
+def counts(session: Session) -> dict[str, Any]:
+    """Counts for ``covidet stats``: images, studies, patients, vitals, rejected_messages, devices,
+    inferences (succeeded), failed_inferences, and priorities ``{"urgent": n, "high": n, "routine": n}``
+    (images by current priority)."""
     tables: Iterable[tuple[str, Any]] = (
         ("images", Image),
         ("studies", Study),
@@ -229,4 +233,29 @@ def counts(session: Session) -> dict[str, int]:
         ("rejected_messages", RejectedMessage),
         ("devices", Device),
     )
-    return {key: int(session.scalar(select(func.count()).select_from(model)) or 0) for key, model in tables}
+    result: dict[str, Any] = {
+        key: int(session.scalar(select(func.count()).select_from(model)) or 0) for key, model in tables
+    }
+    result["inferences"] = int(
+        session.scalar(
+            select(func.count())
+            .select_from(Inference)
+            .where(Inference.status == InferenceStatus.SUCCEEDED.value)
+        )
+        or 0
+    )
+    result["failed_inferences"] = int(
+        session.scalar(
+            select(func.count())
+            .select_from(Inference)
+            .where(Inference.status == InferenceStatus.FAILED.value)
+        )
+        or 0
+    )
+    by_priority = dict(
+        session.execute(
+            select(Image.priority, func.count()).where(Image.priority.is_not(None)).group_by(Image.priority)
+        ).all()
+    )
+    result["priorities"] = {p: int(by_priority.get(p, 0)) for p in ("urgent", "high", "routine")}
+    return result

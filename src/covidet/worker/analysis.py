@@ -1,0 +1,396 @@
+"""The analysis job: detector + triage for one accepted image, idempotent and retried.
+
+``Analyzer.analyse(image_id)`` reads the stored image, runs the detector (the bundle named in
+settings, loaded once per process), stores an :class:`~covidet.store.models.Inference` with its
+findings, then triages the image with the patient's recent vital signs. One inference exists per
+(image, model name, model version): running the job again for an analysed image does nothing, and a
+job that crashed half-way is taken over by the next attempt. ``Analyzer.retriage_patient`` is called
+when new vital signs arrive so that a priority follows the patient's condition.
+
+Failures are recorded on the inference (``error``, ``attempts``). An unreadable image fails for good
+at once (retrying cannot help); anything else is retried with exponential backoff up to
+``settings.analysis_max_attempts`` tries, then the image is marked ``failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from covidet import DISCLAIMER
+from covidet.domain import Assessment, Box, Finding, Label, VitalSign
+from covidet.imaging.reader import ImageReadError, read_image
+from covidet.ingest.storage import ImageStore
+from covidet.store.db import Database
+from covidet.store.models import (
+    Alert,
+    FindingRecord,
+    Image,
+    ImageStatus,
+    Inference,
+    InferenceStatus,
+    TriageRecord,
+    VitalSignRecord,
+    utcnow,
+)
+from covidet.worker.events import EventPublisher
+
+__all__ = ["AnalysisError", "Analyzer", "analyse_with_retries"]
+
+logger = logging.getLogger(__name__)
+
+
+class AnalysisError(Exception):
+    """An analysis attempt failed. ``retryable`` is false when trying again cannot help."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    image_id: int
+    patient_id: int
+    path: str
+    width: int | None
+
+
+def _vital(row: VitalSignRecord, patient_key: str) -> VitalSign:
+    return VitalSign(
+        patient_id=patient_key,
+        measured_at=row.measured_at,
+        spo2_percent=row.spo2_percent,
+        temperature_c=row.temperature_c,
+        heart_rate_per_min=row.heart_rate_per_min,
+        respiratory_rate_per_min=row.respiratory_rate_per_min,
+        systolic_bp_mmhg=row.systolic_bp_mmhg,
+    )
+
+
+class Analyzer:
+    """Everything one worker process needs: database, image store, detector, triage thresholds, events.
+
+    ``predictor`` may be given (tests, benchmarks); otherwise the bundle of ``settings.model`` (or the
+    shipped one) is loaded on first use, once, under a lock.
+    """
+
+    def __init__(
+        self,
+        settings: Any,
+        db: Database,
+        store: ImageStore,
+        *,
+        events: EventPublisher | None = None,
+        predictor: Any | None = None,
+        thresholds: Any | None = None,
+    ) -> None:
+        from covidet.assessment.triage import TriageThresholds
+
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.events = events
+        self.thresholds = thresholds or TriageThresholds()
+        self._predictor = predictor
+        self._lock = threading.Lock()
+
+    @property
+    def predictor(self) -> Any:
+        with self._lock:
+            if self._predictor is None:
+                from covidet.detection.predictor import Predictor
+
+                if self.settings.threads:
+                    import torch
+
+                    torch.set_num_threads(self.settings.threads)
+                self._predictor = Predictor.from_bundle(self.settings.model, device=self.settings.device)
+            return self._predictor
+
+    # ------------------------------------------------------------------------------------- analysis
+
+    def analyse(self, image_id: int) -> int | None:
+        """Analyse one image; returns the inference id (``None`` if the image does not exist).
+
+        Raises:
+            AnalysisError: the attempt failed (already recorded on the inference).
+        """
+        predictor = self.predictor
+        with self.db.session(write=True) as session:
+            image = session.get(Image, image_id)
+            if image is None:
+                logger.warning("image %d does not exist; nothing to analyse", image_id)
+                return None
+            loaded = _Loaded(image.id, image.study.patient_id, image.path, image.columns)
+            inference = session.scalar(
+                select(Inference).where(
+                    Inference.image_id == image_id,
+                    Inference.model_name == predictor.name,
+                    Inference.model_version == predictor.version,
+                )
+            )
+            if inference is not None and inference.status == InferenceStatus.SUCCEEDED.value:
+                logger.info("image %d already analysed by %s %s", image_id, predictor.name, predictor.version)
+                return inference.id
+            if inference is None:
+                inference = Inference(
+                    image_id=image_id, model_name=predictor.name, model_version=predictor.version
+                )
+                session.add(inference)
+            inference.status = InferenceStatus.RUNNING.value
+            inference.attempts = (inference.attempts or 0) + 1
+            inference.started_at = utcnow()
+            inference.error = None
+            session.flush()
+            inference_id, attempt = inference.id, inference.attempts
+
+        started = time.perf_counter()
+        try:
+            xray = read_image(self.store.path(loaded.path), name=f"image {image_id}")
+        except ImageReadError as exc:
+            self._record_failure(inference_id, image_id, str(exc), final=True)
+            raise AnalysisError(str(exc), retryable=False) from exc
+        except OSError as exc:
+            self._record_failure(inference_id, image_id, f"cannot read stored file: {exc}", final=False)
+            raise AnalysisError(str(exc), retryable=True) from exc
+        read_seconds = time.perf_counter() - started
+        try:
+            prediction = predictor.predict([xray])[0]
+        except Exception as exc:
+            final = attempt >= self.settings.analysis_max_attempts
+            self._record_failure(inference_id, image_id, f"detector failed: {exc!r}", final=final)
+            raise AnalysisError(f"detector failed: {exc!r}", retryable=not final) from exc
+
+        with self.db.session(write=True) as session:
+            inference = session.get(Inference, inference_id)
+            assert inference is not None
+            inference.findings = [
+                FindingRecord(
+                    label=str(f.label),
+                    score=float(f.score),
+                    x1=f.box.x1,
+                    y1=f.box.y1,
+                    x2=f.box.x2,
+                    y2=f.box.y2,
+                )
+                for f in prediction.findings
+            ]
+            inference.label = str(prediction.assessment.label)
+            inference.probabilities = {
+                str(k): float(v) for k, v in prediction.assessment.probabilities.items()
+            }
+            inference.threshold = float(prediction.assessment.threshold)
+            inference.decision_rule = str(predictor.card.get("decision", {}).get("rule", "max-score-v1"))
+            inference.read_seconds = read_seconds
+            inference.detect_seconds = float(prediction.seconds)
+            inference.status = InferenceStatus.SUCCEEDED.value
+            inference.finished_at = utcnow()
+            image = session.get(Image, image_id)
+            assert image is not None
+            image.status = ImageStatus.ANALYSED.value
+        logger.info(
+            "image %d: %s (%s) by %s %s in %.2f s [%s]",
+            image_id,
+            prediction.assessment.label,
+            ", ".join(f"{k} {v:.2f}" for k, v in prediction.assessment.probabilities.items()),
+            predictor.name,
+            predictor.version,
+            prediction.seconds,
+            DISCLAIMER,
+        )
+        self._publish(
+            {
+                "type": "analysed",
+                "image_id": image_id,
+                "patient_id": loaded.patient_id,
+                "label": str(prediction.assessment.label),
+                "model": {"name": predictor.name, "version": predictor.version},
+                "disclaimer": DISCLAIMER,
+            }
+        )
+        self.triage_image(image_id)
+        return inference_id
+
+    def _record_failure(self, inference_id: int, image_id: int, reason: str, *, final: bool) -> None:
+        logger.warning("analysis of image %d failed%s: %s", image_id, " for good" if final else "", reason)
+        with self.db.session(write=True) as session:
+            inference = session.get(Inference, inference_id)
+            if inference is not None:
+                inference.status = InferenceStatus.FAILED.value
+                inference.error = reason[:2000]
+                inference.finished_at = utcnow()
+            if final:
+                image = session.get(Image, image_id)
+                if image is not None:
+                    image.status = ImageStatus.FAILED.value
+        if final:
+            self._publish({"type": "failed", "image_id": image_id, "reason": reason})
+
+    def mark_failed(self, image_id: int, reason: str) -> None:
+        """Give up on an image after its last retry."""
+        with self.db.session(write=True) as session:
+            image = session.get(Image, image_id)
+            if image is not None:
+                image.status = ImageStatus.FAILED.value
+        self._publish({"type": "failed", "image_id": image_id, "reason": reason})
+
+    # --------------------------------------------------------------------------------------- triage
+
+    def triage_image(self, image_id: int, *, now: datetime | None = None) -> Any | None:
+        """(Re)compute the priority of an analysed image from its findings and the patient's vitals.
+
+        A new :class:`TriageRecord` is stored when the priority or the reasons changed; an alert is
+        raised when the priority becomes urgent. Returns the triage result, or ``None`` when the image
+        has no successful inference yet.
+        """
+        from covidet.assessment.triage import is_alert, triage
+
+        now = now or datetime.now(UTC)
+        window = timedelta(minutes=float(self.thresholds.window_minutes))
+        with self.db.session(write=True) as session:
+            image = session.get(Image, image_id)
+            if image is None:
+                return None
+            inference = session.scalar(
+                select(Inference)
+                .where(Inference.image_id == image_id, Inference.status == InferenceStatus.SUCCEEDED.value)
+                .order_by(Inference.finished_at.desc())
+                .limit(1)
+            )
+            if inference is None:
+                return None
+            patient = image.study.patient
+            rows = list(
+                session.scalars(
+                    select(VitalSignRecord)
+                    .where(
+                        VitalSignRecord.patient_id == patient.id,
+                        VitalSignRecord.measured_at >= now - window,
+                    )
+                    .order_by(VitalSignRecord.measured_at)
+                )
+            )
+            findings = [
+                Finding(Box(f.x1, f.y1, f.x2, f.y2), Label(f.label), f.score) for f in inference.findings
+            ]
+            assessment = Assessment(
+                label=Label(inference.label),
+                probabilities={Label(k): v for k, v in (inference.probabilities or {}).items()},
+                threshold=float(inference.threshold or 0.5),
+            )
+            result = triage(
+                assessment,
+                findings,
+                [_vital(r, patient.patient_key) for r in rows],
+                now=now,
+                image_width=image.columns,
+                thresholds=self.thresholds,
+            )
+            previous = session.scalar(
+                select(TriageRecord)
+                .where(TriageRecord.image_id == image_id)
+                .order_by(TriageRecord.computed_at.desc(), TriageRecord.id.desc())
+                .limit(1)
+            )
+            priority = str(result.priority)
+            if previous is not None and previous.priority == priority and previous.reasons == result.reasons:
+                return result
+            record = TriageRecord(
+                image_id=image_id,
+                inference_id=inference.id,
+                priority=priority,
+                rule=result.rule,
+                news2_partial=result.news2_partial,
+                reasons=list(result.reasons),
+                vital_sign_ids=[r.id for r in rows],
+            )
+            session.add(record)
+            session.flush()
+            image.priority = priority
+            image.priority_updated_at = now
+            alert_id = None
+            became_urgent = is_alert(result) and (previous is None or previous.priority != priority)
+            if became_urgent:
+                alert = Alert(
+                    image_id=image_id,
+                    patient_id=patient.id,
+                    triage_id=record.id,
+                    priority=priority,
+                    reasons=list(result.reasons),
+                )
+                session.add(alert)
+                session.flush()
+                alert_id = alert.id
+            patient_id = patient.id
+        logger.info(
+            "image %d priority %s (%s): %s", image_id, priority, result.rule, "; ".join(result.reasons)
+        )
+        self._publish(
+            {"type": "priority", "image_id": image_id, "patient_id": patient_id, "priority": priority}
+        )
+        if alert_id is not None:
+            logger.warning("ALERT %d: image %d is urgent: %s", alert_id, image_id, "; ".join(result.reasons))
+            self._publish(
+                {
+                    "type": "alert",
+                    "alert_id": alert_id,
+                    "image_id": image_id,
+                    "patient_id": patient_id,
+                    "priority": priority,
+                    "reasons": list(result.reasons),
+                    "disclaimer": DISCLAIMER,
+                }
+            )
+        return result
+
+    def retriage_patient(
+        self, patient_id: int, *, now: datetime | None = None, within_hours: float = 24.0
+    ) -> int:
+        """Re-triage the patient's analysed images received in the last ``within_hours``: called when
+        new vital signs arrive. Returns how many images were looked at."""
+        now = now or datetime.now(UTC)
+        from covidet.store.models import Study
+
+        with self.db.session() as session:
+            image_ids = list(
+                session.scalars(
+                    select(Image.id)
+                    .join(Study, Image.study_id == Study.id)
+                    .where(
+                        Study.patient_id == patient_id,
+                        Image.status == ImageStatus.ANALYSED.value,
+                        Image.received_at >= now - timedelta(hours=within_hours),
+                    )
+                )
+            )
+        for image_id in image_ids:
+            self.triage_image(image_id, now=now)
+        return len(image_ids)
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        if self.events is not None:
+            self.events.publish(event)
+
+
+def analyse_with_retries(analyzer: Analyzer, image_id: int, *, sleep: Any = time.sleep) -> int | None:
+    """Run :meth:`Analyzer.analyse` with bounded exponential backoff (the in-process queue's policy)."""
+    settings = analyzer.settings
+    delay = float(settings.analysis_retry_seconds)
+    for attempt in range(1, settings.analysis_max_attempts + 1):
+        try:
+            return analyzer.analyse(image_id)
+        except AnalysisError as exc:
+            if not exc.retryable or attempt == settings.analysis_max_attempts:
+                analyzer.mark_failed(image_id, str(exc))
+                return None
+            logger.info("retrying image %d in %.1f s (attempt %d failed)", image_id, delay, attempt)
+            sleep(delay)
+            delay *= 2
+    return None

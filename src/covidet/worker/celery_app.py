@@ -1,0 +1,98 @@
+"""The analysis job as a Celery task over Redis: the scale-out path (``COVIDET_QUEUE=celery``).
+
+Delivery guarantees: ``acks_late`` with ``task_reject_on_worker_lost`` means a job is acknowledged
+only after it finished, so the job of a killed worker is delivered again (Redis' visibility timeout,
+:data:`VISIBILITY_TIMEOUT_S`). The job is idempotent per (image, model version), so a redelivery of
+a finished job does nothing. ``prefetch_multiplier=1``: a worker holds one job at a time, so a slow
+image does not hide others behind it.
+
+Each worker process builds its :class:`~covidet.worker.analysis.Analyzer` once (model loaded once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery
+
+__all__ = ["VISIBILITY_TIMEOUT_S", "CeleryQueue", "analyse_image_task", "make_celery"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds after which Redis hands an unacknowledged job to another worker (a killed worker's job).
+VISIBILITY_TIMEOUT_S = 300
+TASK_NAME = "covidet.analyse_image"
+
+_analyzer: Any = None
+_analyzer_lock = threading.Lock()
+
+
+def make_celery(redis_url: str) -> Celery:
+    """A Celery app on ``redis_url`` with covidet's reliability settings."""
+    app = Celery("covidet", broker=redis_url, backend=None)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="covidet-analysis",
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        worker_hijack_root_logger=False,
+    )
+    app.task(name=TASK_NAME, bind=True, max_retries=None)(_analyse_image)
+    return app
+
+
+def _get_analyzer() -> Any:
+    """The worker process' analyzer, built from settings on first use."""
+    global _analyzer
+    with _analyzer_lock:
+        if _analyzer is None:
+            from covidet.config import get_settings
+            from covidet.ingest.storage import ImageStore
+            from covidet.store.db import Database
+            from covidet.worker.analysis import Analyzer
+            from covidet.worker.events import RedisEvents
+
+            settings = get_settings()
+            _analyzer = Analyzer(
+                settings,
+                Database.from_settings(settings),
+                ImageStore(settings.image_store_dir),
+                events=RedisEvents(settings.redis_url),
+            )
+        return _analyzer
+
+
+def _analyse_image(task: Any, image_id: int) -> int | None:
+    from covidet.worker.analysis import AnalysisError
+
+    analyzer = _get_analyzer()
+    try:
+        return analyzer.analyse(image_id)
+    except AnalysisError as exc:
+        attempts = task.request.retries + 1
+        if exc.retryable and attempts < analyzer.settings.analysis_max_attempts:
+            countdown = analyzer.settings.analysis_retry_seconds * 2 ** (attempts - 1)
+            raise task.retry(exc=exc, countdown=countdown) from exc
+        analyzer.mark_failed(image_id, str(exc))
+        return None
+
+
+def analyse_image_task(app: Celery) -> Any:
+    return app.tasks[TASK_NAME]
+
+
+class CeleryQueue:
+    """The :class:`~covidet.worker.queue.AnalysisQueue` that sends jobs to ``covidet worker`` processes."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.app = make_celery(redis_url)
+        self.enqueued = 0
+
+    def enqueue(self, image_id: int) -> None:
+        self.app.send_task(TASK_NAME, args=[image_id])
+        self.enqueued += 1

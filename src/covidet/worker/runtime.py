@@ -1,0 +1,75 @@
+"""Wiring of one covidet process: database, image store, analysis queue, ingest, events.
+
+Every long-running command (``dicom-scp``, ``mqtt-ingest``, ``serve``, ``demo``) builds one
+:class:`Runtime` from settings, so the choice between the embedded deployment (in-process analysis
+threads) and the scaled one (Celery workers over Redis) is made in one place: ``settings.queue``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from covidet.ingest.service import ImageIngest
+from covidet.ingest.storage import ImageStore
+from covidet.store.db import Database
+from covidet.worker.analysis import Analyzer, analyse_with_retries
+from covidet.worker.events import EventPublisher, InProcessEvents, RedisEvents
+from covidet.worker.queue import AnalysisQueue, InProcessQueue, requeue_pending
+
+__all__ = ["Runtime", "build_runtime"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Any
+    db: Database
+    store: ImageStore
+    queue: AnalysisQueue
+    ingest: ImageIngest
+    events: EventPublisher
+    #: The in-process analyzer; ``None`` when analysis runs in Celery workers.
+    analyzer: Analyzer | None
+
+    def close(self) -> None:
+        if isinstance(self.queue, InProcessQueue):
+            self.queue.close()
+        self.db.dispose()
+
+
+def build_runtime(
+    settings: Any, *, db: Database | None = None, predictor: Any | None = None, requeue: bool = True
+) -> Runtime:
+    """Build the process' parts from ``settings``; re-queue images accepted earlier and not analysed.
+
+    ``predictor`` replaces the bundle named in settings (tests and benchmarks).
+    """
+    db = db or Database.from_settings(settings)
+    store = ImageStore(settings.image_store_dir)
+    analyzer: Analyzer | None = None
+    events: EventPublisher
+    if settings.queue == "celery":
+        from covidet.worker.celery_app import CeleryQueue
+
+        queue: AnalysisQueue = CeleryQueue(settings.redis_url)
+        events = RedisEvents(settings.redis_url)
+        logger.info("analysis jobs go to Celery workers over %s", settings.redis_url)
+    else:
+        events = InProcessEvents()
+        analyzer = Analyzer(settings, db, store, events=events, predictor=predictor)
+        bound = analyzer
+
+        def handle(image_id: int) -> None:
+            analyse_with_retries(bound, image_id)
+
+        queue = InProcessQueue(handle, workers=settings.analysis_workers)
+        logger.info("analysis runs in this process (%d thread(s))", settings.analysis_workers)
+    ingest = ImageIngest(
+        db, store, queue, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+    )
+    if requeue:
+        requeue_pending(db, queue)
+    return Runtime(settings, db, store, queue, ingest, events, analyzer)
