@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis URL of the Celery broker and events"
     )
+    celery_visibility_timeout: int = Field(
+        300, ge=1, description="seconds before Redis re-delivers the job of a worker that died (Celery)"
+    )
     analysis_workers: int = Field(1, ge=1, le=64, description="in-process analysis threads")
     analysis_max_attempts: int = Field(
         3, ge=1, le=20, description="tries per image before it is marked failed"

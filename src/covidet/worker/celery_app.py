@@ -21,7 +21,8 @@ __all__ = ["VISIBILITY_TIMEOUT_S", "CeleryQueue", "analyse_image_task", "make_ce
 
 logger = logging.getLogger(__name__)
 
-#: Seconds after which Redis hands an unacknowledged job to another worker (a killed worker's job).
+#: Default seconds after which Redis hands an unacknowledged job to another worker (a killed worker's
+#: job); ``settings.celery_visibility_timeout``. It must exceed the longest analysis.
 VISIBILITY_TIMEOUT_S = 300
 TASK_NAME = "covidet.analyse_image"
 
@@ -29,7 +30,7 @@ _analyzer: Any = None
 _analyzer_lock = threading.Lock()
 
 
-def make_celery(redis_url: str) -> Celery:
+def make_celery(redis_url: str, *, visibility_timeout: int = VISIBILITY_TIMEOUT_S) -> Celery:
     """A Celery app on ``redis_url`` with covidet's reliability settings."""
     app = Celery("covidet", broker=redis_url, backend=None)
     app.conf.update(
@@ -37,7 +38,12 @@ def make_celery(redis_url: str) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue="covidet-analysis",
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout,
+            # kombu scans for expired unacknowledged jobs on every 10th call of this interval; tie
+            # it to the timeout so a dead worker's job is redelivered within about two timeouts.
+            "unacked_restore_interval": max(1, visibility_timeout // 10),
+        },
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
         worker_hijack_root_logger=False,
@@ -89,8 +95,8 @@ def analyse_image_task(app: Celery) -> Any:
 class CeleryQueue:
     """The :class:`~covidet.worker.queue.AnalysisQueue` that sends jobs to ``covidet worker`` processes."""
 
-    def __init__(self, redis_url: str) -> None:
-        self.app = make_celery(redis_url)
+    def __init__(self, redis_url: str, *, visibility_timeout: int = VISIBILITY_TIMEOUT_S) -> None:
+        self.app = make_celery(redis_url, visibility_timeout=visibility_timeout)
         self.enqueued = 0
 
     def enqueue(self, image_id: int) -> None:

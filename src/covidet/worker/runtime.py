@@ -54,7 +54,9 @@ def build_runtime(
     if settings.queue == "celery":
         from covidet.worker.celery_app import CeleryQueue
 
-        queue: AnalysisQueue = CeleryQueue(settings.redis_url)
+        queue: AnalysisQueue = CeleryQueue(
+            settings.redis_url, visibility_timeout=settings.celery_visibility_timeout
+        )
         events = RedisEvents(settings.redis_url)
         logger.info("analysis jobs go to Celery workers over %s", settings.redis_url)
     else:
