@@ -216,7 +216,18 @@ class Analyzer:
             }
         )
         self.triage_image(image_id)
+        if getattr(self.settings, "pacs_host", None):
+            self._forward(image_id)
         return inference_id
+
+    def _forward(self, image_id: int) -> None:
+        """Send the DICOM report to the configured PACS; a PACS outage never fails the analysis."""
+        from covidet.worker.reporting import forward_report
+
+        try:
+            forward_report(self.db, self.store, image_id, self.settings)
+        except Exception as exc:
+            logger.error("could not forward the report of image %d to the PACS: %s", image_id, exc)
 
     def _record_failure(self, inference_id: int, image_id: int, reason: str, *, final: bool) -> None:
         logger.warning("analysis of image %d failed%s: %s", image_id, " for good" if final else "", reason)

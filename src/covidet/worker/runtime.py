@@ -31,8 +31,9 @@ class Runtime:
     queue: AnalysisQueue
     ingest: ImageIngest
     events: EventPublisher
-    #: The in-process analyzer; ``None`` when analysis runs in Celery workers.
-    analyzer: Analyzer | None
+    #: Runs in-process analysis jobs, and re-triage when vitals arrive (in both modes: triage is a few
+    #: queries; the detector is loaded only by a process that analyses).
+    analyzer: Analyzer
 
     def close(self) -> None:
         if isinstance(self.queue, InProcessQueue):
@@ -49,7 +50,6 @@ def build_runtime(
     """
     db = db or Database.from_settings(settings)
     store = ImageStore(settings.image_store_dir)
-    analyzer: Analyzer | None = None
     events: EventPublisher
     if settings.queue == "celery":
         from covidet.worker.celery_app import CeleryQueue
@@ -58,6 +58,7 @@ def build_runtime(
             settings.redis_url, visibility_timeout=settings.celery_visibility_timeout
         )
         events = RedisEvents(settings.redis_url)
+        analyzer = Analyzer(settings, db, store, events=events, predictor=predictor)
         logger.info("analysis jobs go to Celery workers over %s", settings.redis_url)
     else:
         events = InProcessEvents()

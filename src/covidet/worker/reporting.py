@@ -1,0 +1,160 @@
+"""Reports from the store: gather an analysed image's facts into a
+:class:`~covidet.assessment.reports.ReportContext`, write FHIR or DICOM, forward to a PACS.
+
+The report describes the newest successful inference of the image and its newest triage record
+(with the vital signs that triage used).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from sqlalchemy import select
+
+from covidet.assessment.reports import ReportContext, dicom_secondary_capture, write_report
+from covidet.domain import Assessment, Box, Finding, Label, Priority, VitalSign
+from covidet.imaging.reader import read_image
+from covidet.ingest.storage import ImageStore
+from covidet.store.db import Database
+from covidet.store.models import Image, Inference, InferenceStatus, Study, TriageRecord, VitalSignRecord
+
+__all__ = ["ReportNotAvailable", "build_report", "forward_report", "resolve_image_id", "write_image_report"]
+
+logger = logging.getLogger(__name__)
+
+
+class ReportNotAvailable(LookupError):
+    """No such image or study, or it has no successful analysis yet (message says which)."""
+
+
+def resolve_image_id(db: Database, image_or_study: str) -> int:
+    """An image id (digits) as is; a Study Instance UID (dotted) → its newest analysed image."""
+    text = image_or_study.strip()
+    with db.session() as session:
+        if text.isdigit():
+            if session.get(Image, int(text)) is None:
+                raise ReportNotAvailable(f"no image with id {text}")
+            return int(text)
+        image_id = session.scalar(
+            select(Image.id)
+            .join(Study, Image.study_id == Study.id)
+            .where(Study.study_instance_uid == text, Image.status == "analysed")
+            .order_by(Image.received_at.desc())
+            .limit(1)
+        )
+    if image_id is None:
+        raise ReportNotAvailable(f"no analysed image in a study with UID {text!r} (or no such study)")
+    return int(image_id)
+
+
+def build_report(db: Database, store: ImageStore, image_id: int) -> tuple[ReportContext, np.ndarray, Any]:
+    """The report context of an analysed image, its display pixels (H, W) float32 in [0, 1], and
+    its source DICOM header (``None`` for PNG/JPEG uploads)."""
+    with db.session() as session:
+        image = session.get(Image, image_id)
+        if image is None:
+            raise ReportNotAvailable(f"no image with id {image_id}")
+        inference = session.scalar(
+            select(Inference)
+            .where(Inference.image_id == image_id, Inference.status == InferenceStatus.SUCCEEDED.value)
+            .order_by(Inference.finished_at.desc())
+            .limit(1)
+        )
+        if inference is None:
+            raise ReportNotAvailable(
+                f"image {image_id} has no successful analysis yet (status {image.status})"
+            )
+        triage = session.scalar(
+            select(TriageRecord)
+            .where(TriageRecord.image_id == image_id)
+            .order_by(TriageRecord.computed_at.desc(), TriageRecord.id.desc())
+            .limit(1)
+        )
+        patient = image.study.patient
+        vitals_rows = (
+            list(
+                session.scalars(select(VitalSignRecord).where(VitalSignRecord.id.in_(triage.vital_sign_ids)))
+            )
+            if triage is not None and triage.vital_sign_ids
+            else []
+        )
+        ctx = ReportContext(
+            patient_key=patient.patient_key,
+            patient_name=patient.name,
+            study_instance_uid=image.study.study_instance_uid,
+            source_sop_instance_uid=image.sop_instance_uid
+            if image.media_type == "application/dicom"
+            else None,
+            source_sop_class_uid=image.sop_class_uid,
+            accession_number=image.study.accession_number,
+            image_id=image.id,
+            model_name=inference.model_name,
+            model_version=inference.model_version,
+            decision_rule=inference.decision_rule or "max-score-v1",
+            threshold=float(inference.threshold or 0.5),
+            findings=[
+                Finding(Box(f.x1, f.y1, f.x2, f.y2), Label(f.label), f.score) for f in inference.findings
+            ],
+            assessment=Assessment(
+                label=Label(inference.label),
+                probabilities={Label(k): v for k, v in (inference.probabilities or {}).items()},
+                threshold=float(inference.threshold or 0.5),
+            ),
+            priority=Priority(triage.priority) if triage is not None else None,
+            reasons=list(triage.reasons) if triage is not None else [],
+            vitals=[
+                VitalSign(
+                    patient_id=patient.patient_key,
+                    measured_at=v.measured_at,
+                    spo2_percent=v.spo2_percent,
+                    temperature_c=v.temperature_c,
+                    heart_rate_per_min=v.heart_rate_per_min,
+                    respiratory_rate_per_min=v.respiratory_rate_per_min,
+                    systolic_bp_mmhg=v.systolic_bp_mmhg,
+                )
+                for v in vitals_rows
+            ],
+            issued_at=datetime.now(UTC),
+            # Stable per (image, inference, triage): the same report twice is the same object.
+            report_id=f"covidet-{image.id}-{inference.id}-{triage.id if triage is not None else 0}",
+        )
+        path = store.path(image.path)
+        is_dicom = image.media_type == "application/dicom"
+    xray = read_image(path, name=f"image {image_id}")
+    source = dcmread(path, stop_before_pixels=True) if is_dicom else None
+    return ctx, xray.pixels, source
+
+
+def write_image_report(db: Database, store: ImageStore, image_id: int, fmt: str, out: Path) -> Path:
+    """Write the report of ``image_id`` as ``fmt`` (``fhir`` JSON or ``dicom`` Secondary Capture)."""
+    ctx, pixels, source = build_report(db, store, image_id)
+    return write_report(ctx, fmt, out, xray_pixels=pixels, source=source)  # type: ignore[arg-type]
+
+
+def forward_report(db: Database, store: ImageStore, image_id: int, settings: Any) -> int:
+    """Send the DICOM report of ``image_id`` to the PACS of ``settings`` (C-STORE); returns the status."""
+    from covidet.ingest.forward import forward_to_pacs
+
+    ctx, pixels, source = build_report(db, store, image_id)
+    dataset = dicom_secondary_capture(ctx, pixels, source=source)
+    status = forward_to_pacs(
+        dataset,
+        host=settings.pacs_host,
+        port=settings.pacs_port,
+        called_ae=settings.pacs_ae_title,
+        calling_ae=settings.ae_title,
+    )
+    logger.info(
+        "report of image %d forwarded to %s@%s:%d: status 0x%04X",
+        image_id,
+        settings.pacs_ae_title,
+        settings.pacs_host,
+        settings.pacs_port,
+        status,
+    )
+    return status

@@ -1,0 +1,92 @@
+"""Reports out of an analysed image: `covidet report` as FHIR and DICOM, and forwarding to a real
+PACS (a private Orthanc) over C-STORE after each analysis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from pydicom import dcmread
+
+from covidet import DISCLAIMER
+from covidet.config import get_settings
+from covidet.imaging import read_image
+from covidet.store import Image, ImageStatus
+from covidet.worker.runtime import build_runtime
+
+
+@pytest.fixture(scope="module")
+def orthanc():
+    from tests.servers import start_orthanc
+
+    server = start_orthanc()
+    yield server
+    server.stop()
+
+
+def _wait_analysed(runtime, image_id: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with runtime.db.session() as session:
+            if session.get(Image, image_id).status == ImageStatus.ANALYSED:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"image {image_id} not analysed in {timeout} s")
+
+
+def test_analysed_image_is_forwarded_to_the_pacs_and_reported_by_the_cli(
+    orthanc, tmp_path: Path, rg1_dicom: Path
+) -> None:
+    settings = get_settings(
+        home=tmp_path, pacs_host="127.0.0.1", pacs_port=orthanc.port, pacs_ae_title="ORTHANC"
+    )
+    runtime = build_runtime(settings)
+    try:
+        accepted = runtime.ingest.accept(rg1_dicom.read_bytes(), channel="dicom", device_id=None)
+        _wait_analysed(runtime, accepted.image_id)
+        deadline = time.monotonic() + 30
+        while orthanc.instance_count() < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert orthanc.instance_count() == 1, "Orthanc did not store the forwarded report"
+    finally:
+        runtime.close()
+
+    env = {**os.environ, "COVIDET_HOME": str(tmp_path)}
+    source = dcmread(rg1_dicom, stop_before_pixels=True)
+    fhir_out, dicom_out = tmp_path / "report.json", tmp_path / "report.dcm"
+    for fmt, out, ident in (
+        ("fhir", fhir_out, str(accepted.image_id)),
+        ("dicom", dicom_out, str(source.StudyInstanceUID)),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "covidet.cli", "report", ident, "--format", fmt, "--out", str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["image_id"] == accepted.image_id
+
+    report = DiagnosticReport.model_validate(json.loads(fhir_out.read_text()))
+    assert report.status == "preliminary" and DISCLAIMER in report.conclusion.lower()
+    sc = dcmread(dicom_out)
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.PatientID == source.PatientID
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert sc.BurnedInAnnotation == "YES"
+    assert read_image(dicom_out).width == source.Columns
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "covidet.cli", "report", "999", "--out", str(tmp_path / "x.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "no image with id 999" in missing.stderr
