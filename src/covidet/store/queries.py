@@ -32,6 +32,7 @@ from covidet.store.models import (
 __all__ = [
     "DeviceCredentials",
     "add_rejected",
+    "add_vital_signs",
     "counts",
     "create_device",
     "device_by_ae_title",
@@ -259,3 +260,54 @@ def counts(session: Session) -> dict[str, Any]:
     )
     result["priorities"] = {p: int(by_priority.get(p, 0)) for p in ("urgent", "high", "routine")}
     return result
+
+
+def add_vital_signs(session: Session, rows: Iterable[dict[str, Any]]) -> int:
+    """Insert vital-sign rows in bulk; returns how many were new.
+
+    Each row maps :class:`VitalSignRecord` column names to values: ``device_id``, ``patient_id``
+    (``patients.id``), ``measured_at`` (timezone-aware), optional ``received_at`` (default now) and the
+    measurements ``spo2_percent`` (%), ``temperature_c`` (°C), ``heart_rate_per_min``,
+    ``respiratory_rate_per_min`` (/min) and ``systolic_bp_mmhg`` (mmHg), absent ones ``None``. A row
+    whose (device_id, patient_id, measured_at) is already stored, e.g. a QoS-1 redelivery, is skipped
+    (``INSERT ... ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL), never an error.
+    """
+    from covidet.store.models import utcnow
+
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - covidet supports these two backends
+        raise NotImplementedError(f"add_vital_signs: unsupported database {dialect!r}")
+    measurements = (
+        "spo2_percent",
+        "temperature_c",
+        "heart_rate_per_min",
+        "respiratory_rate_per_min",
+        "systolic_bp_mmhg",
+    )
+    now = utcnow()
+    # executemany needs the same keys in every parameter set.
+    normalised = [
+        {
+            "device_id": row.get("device_id"),
+            "patient_id": row["patient_id"],
+            "measured_at": row["measured_at"],
+            "received_at": row.get("received_at") or now,
+            **{key: row.get(key) for key in measurements},
+        }
+        for row in rows
+    ]
+    if not normalised:
+        return 0
+    statement = (
+        insert(VitalSignRecord)
+        .on_conflict_do_nothing(index_elements=["device_id", "patient_id", "measured_at"])
+        # SQLAlchemy keeps an INSERT's rowcount (rows actually inserted) only when asked to.
+        .execution_options(preserve_rowcount=True)
+    )
+    # One statement, many parameter sets (DB-API executemany): ~10x faster than a multi-row VALUES
+    # statement, which SQLAlchemy compiles afresh for each row count.
+    return int(session.connection().execute(statement, normalised).rowcount)
