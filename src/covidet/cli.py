@@ -267,6 +267,107 @@ def predict(
         raise typer.Exit(1)
 
 
+def _retriager(settings: Any, db: Any) -> Any:
+    """A callback that re-triages the analysed images of patients whose vital signs just arrived.
+
+    Triage only reads the database (no detector is loaded here); its events go to Redis when the
+    deployment uses Celery, so the web app hears about new alerts.
+    """
+    from covidet.ingest.storage import ImageStore
+    from covidet.worker.analysis import Analyzer
+    from covidet.worker.events import InProcessEvents, RedisEvents
+
+    events = RedisEvents(settings.redis_url) if settings.queue == "celery" else InProcessEvents()
+    analyzer = Analyzer(settings, db, ImageStore(settings.image_store_dir), events=events)
+
+    def retriage(patient_ids: set[int]) -> None:
+        for patient_id in patient_ids:
+            analyzer.retriage_patient(patient_id)
+
+    return retriage
+
+
+# --- export command ---
+@app.command()
+def export(
+    model: ModelOption = None,
+    data: DataOption = None,
+    runtime: Annotated[
+        list[str] | None,
+        typer.Option("--runtime", help="onnxruntime and/or openvino (repeat the option); default: both"),
+    ] = None,
+    int8: Annotated[
+        bool, typer.Option("--int8/--no-int8", help="also int8, calibrated on train-split images")
+    ] = True,
+    bf16: Annotated[
+        bool | None,
+        typer.Option("--bf16/--no-bf16", help="also OpenVINO bf16 [default: where the CPU has bf16]"),
+    ] = None,
+    search: Annotated[
+        bool,
+        typer.Option("--search/--no-search", help="if all-int8 fails the check, try int8 graph by graph"),
+    ] = True,
+    calibration_images: Annotated[
+        int, typer.Option("--calibration-images", min=1, help="train-split images that calibrate int8")
+    ] = 64,
+    check: Annotated[
+        bool, typer.Option("--check/--no-check", help="parity check against torch (needed for 'auto')")
+    ] = True,
+    split: Annotated[str, typer.Option(help="split of the parity check")] = "val",
+    limit: Annotated[int | None, typer.Option(help="check on the first N images of the split only")] = None,
+    tier: TierOption = None,
+) -> None:
+    """Write ONNX Runtime / OpenVINO artefacts (fp32, int8) into the model bundle, check them against
+    torch on the val split and record the figures in the model card; prints a JSON summary.
+
+    Exit 1 when the check ran and no variant passed it. See docs/inference.md.
+    """
+    settings = _setup()
+    from covidet.detection.bundle import BundleError, default_bundle_path
+    from covidet.detection.data import DatasetError
+    from covidet.detection.export import ExportError, export_bundle
+
+    bundle = model or settings.model or default_bundle_path()
+    if bundle is None:
+        raise _fail("no model bundle: pass --model BUNDLE or set COVIDET_MODEL")
+    try:
+        section = export_bundle(
+            bundle,
+            data=data or settings.data,
+            runtimes=runtime or ("onnxruntime", "openvino"),
+            int8=int8,
+            bf16=bf16,
+            search=search,
+            calibration_images=calibration_images,
+            check=check,
+            check_split=split,
+            check_limit=limit,
+            tier=tier,
+        )
+    except (ExportError, DatasetError, BundleError) as error:
+        raise _fail(str(error)) from None
+    summary = {
+        "bundle": str(bundle),
+        "fastest_passing": section["fastest_passing"],
+        "check": {k: section["check"][k] for k in ("split", "n_images")} if section["check"] else None,
+        "variants": [
+            {
+                "name": f"{v['backend']}-{v['precision']}",
+                "parity_ok": v["parity_ok"],
+                "speedup_vs_torch": v["speedup_vs_torch"],
+                "seconds_per_image": v["seconds_per_image"],
+                "label_agreement": (v["parity"] or {}).get("label_agreement"),
+                "share_pairs_iou_ge_0.9": (v["parity"] or {}).get("share_pairs_iou_ge_0.9"),
+                "max_abs_metric_delta": (v["parity"] or {}).get("max_abs_metric_delta"),
+            }
+            for v in section["variants"]
+        ],
+    }
+    typer.echo(json.dumps(summary, indent=2))
+    if check and section["fastest_passing"] is None:
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------------------------ store and devices
 
 devices_app = typer.Typer(help="Register and list the devices that may send data.", no_args_is_help=True)
@@ -309,6 +410,9 @@ def devices_add(
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     # --- devices add: broker files (mqtt) ---
+    if credentials.mqtt_username is not None:
+        # A new sensor may connect only once the broker's password file and ACL name it.
+        _write_broker_files(settings, db)
     typer.echo(json.dumps(credentials.to_json(), indent=2))
 
 
@@ -355,9 +459,550 @@ def stats(
 
 # ------------------------------------------------------------------------------------ ingest services
 # --- dicom-scp command ---
+@app.command("dicom-scp")
+def dicom_scp(
+    host: Annotated[
+        str, typer.Option("--host", help="address to listen on; 0.0.0.0 accepts modalities on the network")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port)")
+    ] = 11112,
+    ae_title: Annotated[
+        str | None, typer.Option("--ae-title", help="called AE title [env COVIDET_AE_TITLE; default COVIDET]")
+    ] = None,
+) -> None:
+    """Receive chest X-rays over DICOM C-STORE (and answer C-ECHO) until SIGINT or SIGTERM.
+
+    Only registered modalities (`covidet devices add NAME --kind modality --ae-title AE`) may send.
+    """
+    import signal
+    import threading
+
+    from covidet.ingest.dicom_scp import DicomReceiver
+    from covidet.worker.runtime import build_runtime
+
+    settings = _setup()
+    if settings.log_level.upper() != "DEBUG":
+        # pynetdicom logs every association and request at INFO: noise, and it costs throughput.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # Analysis runs in this process (COVIDET_QUEUE=inprocess, the default) or in `covidet worker`
+    # processes (celery); images accepted earlier and not yet analysed are queued again.
+    runtime = build_runtime(settings, db=_database(settings))
+    db, ingest, store = runtime.db, runtime.ingest, runtime.store
+    try:
+        receiver = DicomReceiver(db, ingest, ae_title=ae_title or settings.ae_title, host=host, port=port)
+        receiver.start()
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        logger.info("%s received: stopping the DICOM receiver", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    logger.info(
+        "dicom-scp: AE %s on %s:%d, images in %s; stop with Ctrl-C or SIGTERM",
+        receiver.ae_title,
+        host,
+        receiver.port,
+        store.root,
+    )
+    try:
+        while not stop.wait(1.0):  # a timed wait keeps the main thread responsive to signals
+            pass
+    finally:
+        receiver.stop()
+        runtime.close()
+
+
 # --- mqtt-ingest command ---
+def _write_broker_files(settings: Any, db: Any, directory: Path | None = None) -> Any:
+    """Rewrite Mosquitto's password file and ACL from the device table; logs (stderr), never prints.
+
+    Returns the :class:`~covidet.ingest.mqtt.MosquittoFiles`, or ``None`` when they could not be written
+    (the error is logged: a device already created must still get its credentials printed).
+    """
+    from covidet.ingest.mqtt import write_mosquitto_files
+
+    directory = directory or settings.resolved_mosquitto_dir
+    try:
+        with db.session() as session:
+            return write_mosquitto_files(
+                session,
+                directory,
+                ingest_username=settings.mqtt_username,
+                ingest_password=settings.mqtt_password,
+            )
+    except (OSError, ValueError) as exc:
+        logger.error("could not write Mosquitto's files into %s: %s", directory, exc)
+        return None
+
+
+@app.command("mqtt-ingest")
+def mqtt_ingest(
+    broker_host: Annotated[
+        str | None,
+        typer.Option("--broker-host", help="MQTT broker [env COVIDET_MQTT_BROKER_HOST; default 127.0.0.1]"),
+    ] = None,
+    broker_port: Annotated[
+        int | None,
+        typer.Option(
+            "--broker-port", min=1, max=65535, help="broker port [env COVIDET_MQTT_BROKER_PORT; default 1883]"
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="messages per transaction")] = 500,
+    batch_ms: Annotated[
+        float, typer.Option("--batch-ms", min=0, help="longest wait for a batch to fill, milliseconds")
+    ] = 20.0,
+    log_every: Annotated[
+        float, typer.Option("--log-every", min=1, help="seconds between counter log lines")
+    ] = 60.0,
+) -> None:
+    """Store the vital signs that bedside sensors publish over MQTT, until SIGINT or SIGTERM.
+
+    Subscribes with QoS 1 to covidet/devices/+/vitals as COVIDET_MQTT_USERNAME / COVIDET_MQTT_PASSWORD,
+    over TLS when COVIDET_MQTT_TLS_CA names the broker's CA file. Messages are acknowledged only once
+    stored; invalid ones go to rejected_messages. See docs/mqtt.md.
+    """
+    import signal
+    import threading
+
+    from covidet.ingest.mqtt import VitalsSubscriber
+
+    settings = _setup()
+    if (settings.mqtt_username is None) != (settings.mqtt_password is None):
+        raise _fail("set both COVIDET_MQTT_USERNAME and COVIDET_MQTT_PASSWORD, or neither")
+    if settings.mqtt_tls_ca is not None and not settings.mqtt_tls_ca.expanduser().is_file():
+        raise _fail(f"COVIDET_MQTT_TLS_CA: no such file {str(settings.mqtt_tls_ca)!r}")
+    db = _database(settings)
+    try:
+        subscriber = VitalsSubscriber.from_settings(
+            db,
+            settings,
+            host=broker_host,
+            port=broker_port,
+            tls_ca=settings.mqtt_tls_ca.expanduser() if settings.mqtt_tls_ca else None,
+            batch_size=batch_size,
+            batch_delay_s=batch_ms / 1000,
+        )
+    except (ValueError, OSError) as exc:  # e.g. an unreadable CA file
+        raise _fail(str(exc)) from exc
+    subscriber.on_stored = _retriager(settings, db)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        logger.info("%s received: stopping the MQTT subscriber", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    subscriber.start()
+    try:
+        while not stop.wait(log_every):
+            stats = subscriber.stats()
+            logger.info(
+                "mqtt-ingest: %d received, %d stored, %d duplicates, %d rejected, %d pending, connected: %s",
+                stats.received,
+                stats.stored,
+                stats.duplicates,
+                stats.rejected,
+                stats.pending,
+                stats.connected,
+            )
+    finally:
+        subscriber.stop()
+        db.dispose()
+
+
+@app.command("mqtt-broker-files")
+def mqtt_broker_files(
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="output folder [env COVIDET_MOSQUITTO_DIR; default <home>/mosquitto]"),
+    ] = None,
+) -> None:
+    """Rewrite Mosquitto's password file and ACL from the device table; prints their paths as JSON.
+
+    `covidet devices add` does this by itself; use this after changing the COVIDET_MQTT_* user or
+    deactivating a device, then reload Mosquitto (SIGHUP).
+    """
+    settings = _setup()
+    db = _database(settings)
+    files = _write_broker_files(settings, db, directory)
+    if files is None:
+        raise _fail("could not write Mosquitto's files (see the log above)")
+    typer.echo(
+        json.dumps(
+            {
+                "password_file": str(files.password_file),
+                "acl_file": str(files.acl_file),
+                "example_config": str(files.example_config),
+                "devices": files.devices,
+                "ingest_user": files.ingest_user,
+            },
+            indent=2,
+        )
+    )
+
+
 # --- upload/serve command ---
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address of the web app and API")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port of the web app and API")] = 8000,
+    dicom_port: Annotated[
+        int | None, typer.Option("--dicom-port", help="also run the DICOM receiver on this port")
+    ] = None,
+    mqtt: Annotated[
+        bool | None,
+        typer.Option(
+            "--mqtt/--no-mqtt",
+            help="run the MQTT vitals subscriber [default: when COVIDET_MQTT_BROKER_HOST is set]",
+        ),
+    ] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="serve HTTPS with this certificate (PEM)")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="private key of --ssl-certfile (PEM)")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
+) -> None:
+    """Run covidet in one process: web app and API, analysis, plus the DICOM receiver when a DICOM
+    port is given and the MQTT vitals subscriber when a broker is configured."""
+    from covidet.runner import run_services
+
+    settings = _setup(log_level=log_level)
+    if mqtt is None:
+        mqtt = "mqtt_broker_host" in settings.model_fields_set
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise _fail("--ssl-certfile and --ssl-keyfile go together")
+    try:
+        run_services(
+            settings,
+            host=host,
+            port=port,
+            dicom_port=dicom_port,
+            mqtt=mqtt,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+        )
+    except OSError as exc:
+        raise _fail(f"cannot start: {exc}") from exc
+
+
 # --- simulate command ---
+@app.command()
+def simulate(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="image files to send (instead of --data)", show_default=False)
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="dataset folder with manifest.csv, or a folder of images [env COVIDET_DATA]"
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="send at most N images (0: all)")] = 10,
+    split: Annotated[
+        str, typer.Option("--split", help="manifest split to send: val, train, test or all")
+    ] = "val",
+    dicom_host: Annotated[str, typer.Option("--dicom-host", help="covidet's DICOM receiver")] = "127.0.0.1",
+    dicom_port: Annotated[int, typer.Option("--dicom-port", min=1, max=65535, help="its port")] = 11112,
+    called_ae: Annotated[
+        str | None,
+        typer.Option("--called-ae", help="receiver's AE title [env COVIDET_AE_TITLE; default COVIDET]"),
+    ] = None,
+    calling_ae: Annotated[
+        str, typer.Option("--calling-ae", help="the modality's AE title, as registered with `devices add`")
+    ] = "COVIDET-SIM",
+    broker_host: Annotated[
+        str | None,
+        typer.Option("--broker-host", help="MQTT broker [env COVIDET_MQTT_BROKER_HOST; default 127.0.0.1]"),
+    ] = None,
+    broker_port: Annotated[
+        int | None,
+        typer.Option("--broker-port", min=1, max=65535, help="[env COVIDET_MQTT_BROKER_PORT; default 1883]"),
+    ] = None,
+    mqtt_username: Annotated[
+        str | None, typer.Option("--mqtt-username", help="the sensor device's MQTT user (device-N)")
+    ] = None,
+    mqtt_password: Annotated[
+        str | None,
+        typer.Option("--mqtt-password", envvar="COVIDET_SIM_MQTT_PASSWORD", help="its MQTT password"),
+    ] = None,
+    mqtt_tls_ca: Annotated[
+        Path | None, typer.Option("--mqtt-tls-ca", help="CA file: connect to the broker over TLS")
+    ] = None,
+    sensor_device_id: Annotated[
+        int | None,
+        typer.Option(
+            "--sensor-device-id",
+            help="sensor device id (topic covidet/devices/ID/vitals); default: N of --mqtt-username device-N",
+        ),
+    ] = None,
+    vitals_count: Annotated[int, typer.Option("--vitals-count", min=1, help="readings per patient")] = 10,
+    vitals_rate: Annotated[
+        float, typer.Option("--vitals-rate", min=0, help="vitals messages per second (0: unthrottled)")
+    ] = 20.0,
+    vitals_interval: Annotated[
+        float, typer.Option("--vitals-interval", min=1, help="simulated seconds between a patient's readings")
+    ] = 60.0,
+    images: Annotated[bool, typer.Option("--images/--no-images", help="send the X-rays")] = True,
+    vitals: Annotated[bool, typer.Option("--vitals/--no-vitals", help="publish vital signs")] = True,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the vital-sign series")] = 0,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="network timeout, seconds")] = 30.0,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")
+    ] = True,
+) -> None:
+    """Simulate devices: a modality sending real X-rays over DICOM C-STORE and bedside sensors
+    publishing the same patients' vital signs over MQTT. Prints a JSON summary; exit 1 if anything
+    was not acknowledged. See docs/simulator.md."""
+    import re
+
+    from covidet.simulate.runner import SimulationConfig, run_simulation
+
+    settings = _setup()
+    if settings.log_level.upper() != "DEBUG":
+        # pynetdicom logs every association and request at INFO: noise between the progress bars.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    if not images and not vitals:
+        raise _fail("--no-images and --no-vitals: nothing to simulate")
+    source: Path | list[Path] | None = list(files) if files else (data or settings.data)
+    if source is None:
+        raise _fail("no images: pass --data PATH or files, or set COVIDET_DATA")
+    if vitals and sensor_device_id is None:
+        match = re.fullmatch(r"device-(\d+)", mqtt_username or "")
+        if match is None:
+            raise _fail("vitals need --sensor-device-id (or --mqtt-username device-N), or pass --no-vitals")
+        sensor_device_id = int(match.group(1))
+    config = SimulationConfig(
+        source=source,
+        split=None if split == "all" else split,
+        limit=limit or None,
+        images=images,
+        vitals=vitals,
+        dicom_host=dicom_host,
+        dicom_port=dicom_port,
+        called_ae=called_ae or settings.ae_title,
+        calling_ae=calling_ae,
+        broker_host=broker_host or settings.mqtt_broker_host,
+        broker_port=broker_port or settings.mqtt_broker_port,
+        mqtt_username=mqtt_username,
+        mqtt_password=mqtt_password,
+        mqtt_tls_ca=mqtt_tls_ca,
+        sensor_device_id=sensor_device_id,
+        vitals_count=vitals_count,
+        vitals_rate=vitals_rate or None,
+        vitals_interval_s=vitals_interval,
+        seed=seed,
+        timeout=timeout,
+        progress=progress,
+    )
+    try:
+        report = run_simulation(config)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(json.dumps(report.to_json(), indent=2))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    image_or_study: Annotated[
+        str, typer.Argument(help="image id (digits) or Study Instance UID (its newest analysed image)")
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="fhir (R4B DiagnosticReport JSON) or dicom")] = "fhir",
+    out: Annotated[Path, typer.Option("--out", help="file to write")] = Path("report.json"),
+    forward: Annotated[
+        bool, typer.Option("--forward", help="also send the DICOM report to the PACS in settings (C-STORE)")
+    ] = False,
+) -> None:
+    """Write the report of an analysed image: FHIR DiagnosticReport or DICOM Secondary Capture."""
+    from covidet.ingest.storage import ImageStore
+    from covidet.worker.reporting import (
+        ReportNotAvailable,
+        forward_report,
+        resolve_image_id,
+        write_image_report,
+    )
+
+    settings = _setup()
+    if fmt not in {"fhir", "dicom"}:
+        raise _fail(f"--format must be fhir or dicom, not {fmt!r}")
+    db = _database(settings)
+    store = ImageStore(settings.image_store_dir)
+    try:
+        image_id = resolve_image_id(db, image_or_study)
+        path = write_image_report(db, store, image_id, fmt, out)
+        if forward:
+            if not settings.pacs_host:
+                raise _fail("--forward needs COVIDET_PACS_HOST, COVIDET_PACS_PORT and COVIDET_PACS_AE_TITLE")
+            forward_report(db, store, image_id, settings)
+    except ReportNotAvailable as exc:
+        raise _fail(str(exc)) from exc
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}") from exc
+    except Exception as exc:
+        if type(exc).__name__ == "ForwardError":
+            raise _fail(str(exc)) from exc
+        raise
+    typer.echo(json.dumps({"image_id": image_id, "format": fmt, "path": str(path), "disclaimer": DISCLAIMER}))
+
+
+# --- users and api-token commands ---
+users_app = typer.Typer(
+    help="Create and list the people who sign in (admins, radiologists).", no_args_is_help=True
+)
+app.add_typer(users_app, name="users")
+api_token_app = typer.Typer(help="Bearer tokens of users, for scripts.", no_args_is_help=True)
+app.add_typer(api_token_app, name="api-token")
+
+
+def _read_password() -> str:
+    """The password from standard input: typed twice without echo on a terminal, else the first line
+    (``echo "$PW" | covidet users add ...``), so it never appears in the process list or history."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("password: ")
+        if getpass.getpass("password again: ") != first:
+            raise _fail("the two passwords differ")
+        return first
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    return line.rstrip("\r\n")
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="username: letters, digits and . _ @ -")],
+    role: Annotated[str, typer.Option("--role", help="admin | radiologist")],
+) -> None:
+    """Create a user; the password (at least 8 characters) is read from standard input. Prints JSON."""
+    from covidet.api.auth import MIN_PASSWORD_LENGTH, hash_password
+    from covidet.store import review_queries as rq
+
+    settings = _setup()
+    if role not in ("admin", "radiologist"):
+        raise _fail(f"--role must be admin or radiologist, not {role!r}")
+    password = _read_password()
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise _fail(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    db = _database(settings)
+    try:
+        with db.session(write=True) as session:
+            user = rq.create_user(session, name, password_hash=hash_password(password), role=role)
+            rq.add_audit_event(
+                session,
+                "user.create",
+                object_type="user",
+                object_id=user.id,
+                details={"username": user.username, "role": user.role, "via": "cli"},
+            )
+            result = {"id": user.id, "username": user.username, "role": user.role, "active": user.active}
+    except rq.QueryError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        db.dispose()
+    typer.echo(json.dumps(result))
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List users as JSON (no password hashes)."""
+    from covidet.store import review_queries as rq
+
+    settings = _setup()
+    db = _database(settings)
+    with db.session() as session:
+        users, _total = rq.list_users(session, limit=1_000_000)
+        rows = [
+            {
+                "id": u.id,
+                "username": u.username,
+                "role": u.role,
+                "active": u.active,
+                "created_at": u.created_at.isoformat(),
+            }
+            for u in users
+        ]
+    db.dispose()
+    typer.echo(json.dumps(rows, indent=2))
+
+
+@api_token_app.command("create")
+def api_token_create(
+    username: Annotated[str, typer.Argument(help="the user the token acts as")],
+    name: Annotated[str, typer.Option("--name", help="what the token is for")] = "cli",
+    days: Annotated[
+        int | None, typer.Option("--days", min=1, max=3650, help="lifetime [default: COVIDET_TOKEN_DAYS]")
+    ] = None,
+) -> None:
+    """Create a bearer token for a user and print it as JSON (shown once; only its hash is kept)."""
+    from datetime import timedelta
+
+    from covidet.store import review_queries as rq
+    from covidet.store.models import utcnow
+
+    settings = _setup()
+    db = _database(settings)
+    try:
+        with db.session(write=True) as session:
+            user = rq.user_by_username(session, username)
+            if user is None or not user.active:
+                raise _fail(f"no active user named {username!r}")
+            expires_at = utcnow() + timedelta(days=days or settings.token_days)
+            row, token = rq.create_api_token(session, user.id, name=name, expires_at=expires_at)
+            rq.add_audit_event(
+                session,
+                "token.create",
+                object_type="api_token",
+                object_id=row.id,
+                details={"user": user.username, "name": row.name, "via": "cli"},
+            )
+            result = {
+                "token_id": row.id,
+                "username": user.username,
+                "name": row.name,
+                "access_token": token,
+                "token_type": "bearer",
+                "expires_at": expires_at.isoformat(),
+            }
+    finally:
+        db.dispose()
+    typer.echo(json.dumps(result, indent=2))
+
+
+# ------------------------------------------------------------------------------------ analysis worker
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="worker processes (each loads the model once)")] = 1,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
+) -> None:
+    """Run a Celery analysis worker over Redis (COVIDET_REDIS_URL); for COVIDET_QUEUE=celery deployments."""
+    from covidet.worker.celery_app import make_celery
+
+    settings = _setup(log_level=log_level)
+    _database(settings).dispose()  # migrate and fail early if the database is unreachable
+    celery = make_celery(settings.redis_url, visibility_timeout=settings.celery_visibility_timeout)
+    logger.info("covidet worker: %d process(es), broker %s", concurrency, settings.redis_url)
+    celery.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--loglevel={settings.log_level.upper()}",
+            "--pool=prefork" if concurrency > 1 else "--pool=solo",
+            "--without-gossip",
+            "--without-mingle",
+            "--queues=covidet-analysis",
+        ]
+    )
 
 
 def main() -> None:

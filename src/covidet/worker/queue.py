@@ -45,6 +45,7 @@ class InProcessQueue:
         self._handler = handler
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         self.enqueued = 0
         self.processed = 0
         if handler is not None:
@@ -65,9 +66,9 @@ class InProcessQueue:
 
     def _run(self) -> None:
         assert self._handler is not None
-        while True:
+        while not self._closing.is_set():
             image_id = self._queue.get()
-            if image_id is None:
+            if image_id is None or self._closing.is_set():
                 return
             try:
                 self._handler(image_id)
@@ -77,12 +78,18 @@ class InProcessQueue:
                 with self._lock:
                     self.processed += 1
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the worker threads after the jobs already queued."""
+    def close(self, timeout: float = 120.0) -> None:
+        """Stop the worker threads: jobs in progress finish (up to ``timeout`` seconds); jobs still
+        waiting are dropped here, because they are ``queued`` in the database and
+        :func:`requeue_pending` puts them back at the next start. Stopping a thread in the middle of
+        a torch computation at interpreter exit aborts the process, hence the wait."""
+        self._closing.set()
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
             thread.join(timeout)
+            if thread.is_alive():
+                logger.warning("analysis thread %s still busy after %.0f s", thread.name, timeout)
 
 
 def requeue_pending(db: Database, target: AnalysisQueue) -> int:
