@@ -6,11 +6,13 @@ environment variables < command-line options (passed to :func:`get_settings` as 
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,9 +20,18 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["CONFIG_ENV_VAR", "Settings", "get_settings"]
+__all__ = ["CONFIG_ENV_VAR", "PLACEHOLDER_SECRETS", "Settings", "get_settings"]
+
+logger = logging.getLogger(__name__)
 
 CONFIG_ENV_VAR = "COVIDET_CONFIG"
+
+#: Values of ``secret_key`` that are refused in production: example values copied from documentation.
+PLACEHOLDER_SECRETS = frozenset(
+    {"changeme", "change-me", "change_me", "changethis", "secret", "secret-key", "placeholder", "covidet"}
+)
+#: Shortest ``secret_key`` accepted in production (characters); ``secrets.token_urlsafe(32)`` has 43.
+MIN_SECRET_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -35,6 +46,14 @@ class Settings(BaseSettings):
     model: Path | None = Field(None, description="model bundle folder; default: the shipped bundle")
     device: str = Field("cpu", description="torch device for inference: cpu, cuda, cuda:N")
     threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads; default: torch's choice")
+    backend: str = Field(
+        "auto",
+        pattern="^(auto|torch|onnxruntime|openvino)$",
+        description="inference engine: 'auto' (the fastest accelerated variant that passed the parity check "
+        "recorded in the model card and whose artefacts are present, else torch), 'torch', 'onnxruntime' "
+        "or 'openvino' (falls back to torch with a warning when the runtime is missing); see "
+        "docs/inference.md",
+    )
     log_level: str = Field("INFO", description="logging level: DEBUG, INFO, WARNING, ERROR")
 
     # --- store -------------------------------------------------------------------------------------
@@ -84,10 +103,69 @@ class Settings(BaseSettings):
     analysis_retry_seconds: float = Field(
         2.0, ge=0, description="first retry delay, seconds; doubled after each failed attempt"
     )
+    # --- accounts and security ----------------------------------------------------------------------
+    environment: Literal["development", "production"] = Field(
+        "development",
+        description="'production' refuses to start without a real secret_key; 'development' generates one "
+        "and keeps it in <home>/secret_key (mode 0600)",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="server secret (at least 32 characters in production) that keys the pseudonyms of "
+        "training exports; generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+    )
+    session_minutes: int = Field(
+        480, ge=1, le=7 * 24 * 60, description="lifetime of a browser session cookie, minutes (absolute)"
+    )
+    token_days: int = Field(
+        30, ge=1, le=3650, description="lifetime of a bearer token from POST /api/v1/auth/token, days"
+    )
     # --- reports out ------------------------------------------------------------------------------------
     pacs_host: str | None = Field(None, description="forward DICOM reports to this PACS host (C-STORE)")
     pacs_port: int = Field(104, ge=1, le=65535, description="PACS port")
     pacs_ae_title: str = Field("PACS", max_length=16, description="called AE title of the PACS")
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secret(self) -> Settings:
+        # Refused at start, before any request: a production server with a guessable secret would issue
+        # guessable pseudonyms (see docs/api.md), and the operator learns of it when it matters least.
+        if self.environment == "production":
+            value = self.secret_key.get_secret_value().strip() if self.secret_key else ""
+            if not value:
+                raise ValueError("secret_key is required when environment is production (COVIDET_SECRET_KEY)")
+            if value.lower() in PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    "secret_key looks like a placeholder: use at least "
+                    f"{MIN_SECRET_LENGTH} random characters in production"
+                )
+        return self
+
+    def resolved_secret_key(self) -> str:
+        """``secret_key``, or in development the one kept in ``<home>/secret_key`` (created on first use,
+        mode 0600, so that pseudonyms stay stable across restarts)."""
+        if self.secret_key is not None and self.secret_key.get_secret_value().strip():
+            return self.secret_key.get_secret_value().strip()
+        if self.environment == "production":  # unreachable after validation; kept for safety
+            raise ValueError("secret_key is required when environment is production")
+        path = self.home_dir / "secret_key"
+        try:
+            kept = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            kept = ""
+        if kept:
+            return kept
+        path.unlink(missing_ok=True)  # an empty file left by a crash between create and write
+        path.parent.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(32)
+        try:
+            # O_EXCL: two processes starting together agree on whichever file was created first.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text(encoding="ascii").strip()
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(value + "\n")
+        logger.warning("development secret_key generated in %s (set COVIDET_SECRET_KEY in production)", path)
+        return value
 
     @property
     def home_dir(self) -> Path:

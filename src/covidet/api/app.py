@@ -17,13 +17,31 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from covidet import DISCLAIMER, __version__
-from covidet.api.routes import health, images
+from covidet.api.deps import API_PREFIX
+from covidet.api.routes import (
+    alerts,
+    audit,
+    auth,
+    devices,
+    exports,
+    health,
+    images,
+    reviews,
+    studies,
+    users,
+    vitals,
+    worklist,
+)
 from covidet.config import Settings, get_settings
 from covidet.ingest.service import ImageIngest
 from covidet.ingest.storage import ImageStore
+from covidet.store import review_queries as rq
 from covidet.store.db import Database
 from covidet.worker.queue import InProcessQueue
 
@@ -31,7 +49,42 @@ __all__ = ["API_PREFIX", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-API_PREFIX = "/api/v1"
+#: Status of each refusal raised by the query functions (covidet.store.review_queries).
+_QUERY_ERROR_STATUS: dict[type[rq.QueryError], int] = {
+    rq.NotFound: 404,
+    rq.Forbidden: 403,
+    rq.Conflict: 409,
+    rq.Invalid: 422,
+}
+
+
+class _SecurityHeaders:
+    """Pure ASGI middleware (it never touches the request body, unlike BaseHTTPMiddleware): API answers
+    are not to be sniffed as another type, framed, or kept by caches unless a route says otherwise."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                for name, value in (
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"cache-control", b"no-store"),
+                ):
+                    if name not in present:
+                        headers.append((name, value))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def create_app(
@@ -48,10 +101,12 @@ def create_app(
         ingest: the image ingest service; default one over ``db``, the image store of ``settings``
             and an in-process queue without a consumer (images stay ``queued`` until a worker runs).
 
-    Routes: ``POST /api/v1/images`` (device upload), ``GET /api/v1/health``; OpenAPI at
-    ``/api/v1/openapi.json`` and interactive docs at ``/api/v1/docs``.
+    Routes: the JSON API under ``/api/v1`` (see docs/api.md); OpenAPI at ``/openapi.json`` and
+    interactive docs at ``/docs``. The secret key is resolved here, at start (in development it is
+    created under ``settings.home`` on first use).
     """
     settings = settings or get_settings()
+    secret_key = settings.resolved_secret_key()
     owned: list[object] = []
     if db is None:
         db = ingest.db if ingest is not None else Database.from_settings(settings)
@@ -81,14 +136,36 @@ def create_app(
         title="covidet",
         version=__version__,
         description=f"Early assessment of Covid-19 from chest X-rays: devices and clinicians ({DISCLAIMER}).",
-        openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        openapi_url="/openapi.json",
+        docs_url="/docs",
         redoc_url=None,
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.db = db
     app.state.ingest = ingest
+    app.state.secret_key = secret_key
+    app.add_middleware(_SecurityHeaders)
+
+    @app.exception_handler(rq.QueryError)
+    async def query_error(request: Request, exc: rq.QueryError) -> JSONResponse:
+        code = next((c for t, c in _QUERY_ERROR_STATUS.items() if isinstance(exc, t)), 422)
+        return JSONResponse(status_code=code, content={"detail": str(exc)})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # One line in "detail", like every other refusal, plus FastAPI's item list in "errors".
+        errors = jsonable_encoder(exc.errors(), custom_encoder={BaseException: str})
+        for item in errors:
+            item.pop("input", None)  # may echo a password back
+            item.pop("ctx", None)
+        lines = [
+            f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg', 'invalid')}"
+            for item in errors
+        ]
+        return JSONResponse(
+            status_code=422, content={"detail": "; ".join(lines) or "invalid request", "errors": errors}
+        )
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -97,6 +174,19 @@ def create_app(
         logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return JSONResponse(status_code=500, content={"detail": "internal server error"})
 
-    app.include_router(health.router, prefix=API_PREFIX)
-    app.include_router(images.router, prefix=API_PREFIX)
+    for module in (
+        health,
+        auth,
+        worklist,
+        studies,
+        images,
+        vitals,
+        reviews,
+        alerts,
+        exports,
+        devices,
+        users,
+        audit,
+    ):
+        app.include_router(module.router, prefix=API_PREFIX)
     return app

@@ -3,7 +3,8 @@
 The application's shared objects (settings, database, ingest service) live on ``app.state``, set by
 :func:`covidet.api.app.create_app`; routes receive them through these aliases, so tests and the
 ``serve`` command can hand in their own. Device authentication is an API key in the ``X-API-Key``
-header, compared by its SHA-256 (keys are stored hashed only).
+header, compared by its SHA-256 (keys are stored hashed only); it admits devices to the upload route
+only. Users (tokens, session cookies, roles) are authenticated by :mod:`covidet.api.auth`.
 """
 
 from __future__ import annotations
@@ -17,17 +18,20 @@ from fastapi.security import APIKeyHeader
 
 from covidet.config import Settings
 from covidet.ingest.service import ImageIngest
+from covidet.ingest.storage import ImageStore
 from covidet.store import queries
 from covidet.store.db import Database
 from covidet.store.models import DeviceKind
 
 __all__ = [
     "API_KEY_HEADER",
+    "API_PREFIX",
     "AuthenticatedDevice",
     "CurrentDevice",
     "DatabaseDep",
     "IngestDep",
     "SettingsDep",
+    "StoreDep",
     "UploaderDevice",
     "api_key_header",
     "client_label",
@@ -35,6 +39,8 @@ __all__ = [
     "require_device_kind",
 ]
 
+#: Every JSON route is under this prefix; the OpenAPI document and the docs are at the root.
+API_PREFIX = "/api/v1"
 API_KEY_HEADER = "X-API-Key"
 
 #: Sent with every 401 so that a client learns how to authenticate (RFC 9110 requires the header on
@@ -62,9 +68,14 @@ def get_ingest(request: Request) -> ImageIngest:
     return request.app.state.ingest
 
 
+def get_store(request: Request) -> ImageStore:
+    return request.app.state.ingest.store
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 IngestDep = Annotated[ImageIngest, Depends(get_ingest)]
+StoreDep = Annotated[ImageStore, Depends(get_store)]
 
 
 @dataclass(frozen=True, slots=True)

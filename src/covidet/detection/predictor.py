@@ -70,6 +70,10 @@ class Predictor:
     ``predict`` takes :class:`XRayImage` objects (any size) and returns one :class:`Prediction` each.
     Each image is resized so its longer side equals the model's input size (as in training), run in
     batches, and the boxes are scaled back to the original pixels.
+
+    ``model`` is the bundle's torch ``FasterRCNN`` or its accelerated copy
+    (:func:`covidet.detection.accelerated.accelerate`); ``backend`` names what runs it
+    (``torch``, or the variant, e.g. ``openvino-int8``). :meth:`from_bundle` chooses it.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         min_score: float = DEFAULT_MIN_SCORE,
         threshold: float | None = None,
+        backend: str = "torch",
     ) -> None:
         # channels_last lets oneDNN pick its faster convolution kernels on CPU: measured here, ResNet-101 FPN
         # at 512 px went from 0.56 s to 0.46 s per image, the shipped MobileNetV3 from 0.083 s to 0.079 s.
@@ -93,18 +98,37 @@ class Predictor:
             else card.get("decision", {}).get("threshold", DEFAULT_THRESHOLD)
         )
         self.input_size = int(card["architecture"]["max_size"])
+        self.backend = backend
 
     @classmethod
     def from_bundle(
-        cls, bundle: str | os.PathLike | None = None, *, device: str = "cpu", **kwargs: Any
+        cls,
+        bundle: str | os.PathLike | None = None,
+        *,
+        device: str = "cpu",
+        backend: str | None = None,
+        **kwargs: Any,
     ) -> Predictor:
-        """Load ``bundle`` (default: :func:`default_bundle_path`)."""
+        """Load ``bundle`` (default: :func:`default_bundle_path`).
+
+        ``backend``: ``auto``, ``torch``, ``onnxruntime`` or ``openvino``; ``None`` reads the ``backend``
+        setting (``$COVIDET_BACKEND``, default ``auto``). ``auto`` runs the fastest accelerated variant
+        that the model card records as parity-passing and whose artefacts (made by ``covidet export``
+        from these weights) are present, else torch. A named runtime that is missing, or has no such
+        variant, falls back to torch with a warning. Accelerated runtimes are CPU-only: on another
+        ``device`` torch runs.
+        """
         path = Path(bundle) if bundle is not None else default_bundle_path()
         if path is None:
             raise BundleError("no model bundle: pass --model BUNDLE or set COVIDET_MODEL")
         model, card = load_bundle(path, device=device)
         logger.info("loaded %s %s from %s", card.get("name"), card.get("version"), path)
-        return cls(model, card, device=device, **kwargs)
+        if backend is None:
+            from covidet.config import get_settings
+
+            backend = get_settings().backend
+        model, name = _choose_engine(model, card, path, backend, torch.device(device))
+        return cls(model, card, device=device, backend=name, **kwargs)
 
     @property
     def name(self) -> str:
@@ -171,6 +195,44 @@ class Predictor:
             )
             for i in keep.tolist()
         ]
+
+
+def _choose_engine(
+    model: torch.nn.Module, card: dict[str, Any], bundle: Path, backend: str, device: torch.device
+) -> tuple[torch.nn.Module, str]:
+    """``(model to run, its name)`` for the ``backend`` setting; see :meth:`Predictor.from_bundle`."""
+    from covidet.detection.accelerated import (
+        BACKENDS,
+        load_variant,
+        runtime_available,
+        select_variant,
+    )
+
+    if backend not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return model, "torch"
+    if device.type != "cpu":
+        if backend != "auto":
+            logger.warning("backend %s runs on CPU only; using torch on %s", backend, device)
+        return model, "torch"
+    if backend != "auto" and not runtime_available(backend):
+        logger.warning("backend %s is not installed (pip install 'covidet[fast]'); using torch", backend)
+        return model, "torch"
+    variant = select_variant(bundle, card, backend)
+    if variant is None:
+        log = logger.info if backend == "auto" else logger.warning
+        log(
+            "no parity-checked %s artefacts for these weights in %s (run `covidet export`); using torch",
+            "accelerated" if backend == "auto" else backend,
+            bundle,
+        )
+        return model, "torch"
+    try:
+        return load_variant(model, bundle, variant), variant.name
+    except Exception as error:  # a broken artefact or runtime must not stop the service: torch still works
+        logger.warning("cannot load %s (%s); using torch", variant.name, error)
+        return model, "torch"
 
 
 def draw_prediction(xray: XRayImage, prediction: Prediction, path: str | os.PathLike) -> Path:

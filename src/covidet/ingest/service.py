@@ -175,7 +175,7 @@ class ImageIngest:
             if existing is not None:
                 return self._duplicate(existing, channel)
 
-        stored = self.store.put(data, header.media_type)
+        stored = self.store.put(data, header.media_type, sha256=sha256)
         try:
             with self.db.session(write=True) as session:
                 existing = queries.image_by_sop_instance_uid(session, sop_uid)

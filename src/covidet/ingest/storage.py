@@ -54,9 +54,12 @@ class ImageStore:
             raise ValueError("not a lowercase hex SHA-256 digest")
         return f"{sha256[:2]}/{sha256[2:4]}/{sha256}{SUFFIXES.get(media_type, '.bin')}"
 
-    def put(self, data: bytes, media_type: str) -> StoredFile:
-        """Store ``data`` durably; returns once the bytes and their folder entry are on disk."""
-        sha256 = hashlib.sha256(data).hexdigest()
+    def put(self, data: bytes, media_type: str, *, sha256: str | None = None) -> StoredFile:
+        """Store ``data`` durably; returns once the bytes and their folder entry are on disk.
+
+        ``sha256`` is the hex digest of ``data`` when the caller already computed it (trusted: it
+        names the file)."""
+        sha256 = sha256 or hashlib.sha256(data).hexdigest()
         relative = self.relative_path(sha256, media_type)
         target = self.root / relative
         if target.is_file() and target.stat().st_size == len(data):
