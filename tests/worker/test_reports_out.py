@@ -90,3 +90,23 @@ def test_analysed_image_is_forwarded_to_the_pacs_and_reported_by_the_cli(
         timeout=120,
     )
     assert missing.returncode == 2 and "no image with id 999" in missing.stderr
+
+
+def test_covidet_refuses_its_own_report_as_an_xray(tmp_path: Path, rg1_dicom: Path) -> None:
+    """A PACS that routes covidet's burned-in report back must not get it analysed as a new X-ray."""
+    from covidet.imaging.dicom_writer import dicom_bytes
+    from covidet.ingest.service import IngestRejected
+    from covidet.worker.reporting import build_report
+
+    runtime = build_runtime(get_settings(home=tmp_path))
+    try:
+        accepted = runtime.ingest.accept(rg1_dicom.read_bytes(), channel="dicom", device_id=None)
+        _wait_analysed(runtime, accepted.image_id)
+        from covidet.assessment.reports import dicom_secondary_capture
+
+        ctx, pixels, source = build_report(runtime.db, runtime.store, accepted.image_id)
+        report = dicom_bytes(dicom_secondary_capture(ctx, pixels, source=source))
+        with pytest.raises(IngestRejected, match="covidet AI report"):
+            runtime.ingest.accept(report, channel="dicom", device_id=None)
+    finally:
+        runtime.close()

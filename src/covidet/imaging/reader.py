@@ -392,6 +392,8 @@ class ImageHeader:
     study_date: str | None = None
     study_time: str | None = None
     modality: str | None = None
+    #: SecondaryCaptureDeviceManufacturer: "covidet" marks covidet's own AI reports.
+    capture_device_manufacturer: str | None = None
 
 
 def inspect_image(
@@ -487,4 +489,5 @@ def _inspect_dicom(ds: Dataset, name: str, max_pixels: int) -> ImageHeader:
         study_date=_text(ds, "StudyDate"),
         study_time=_text(ds, "StudyTime"),
         modality=_text(ds, "Modality"),
+        capture_device_manufacturer=_text(ds, "SecondaryCaptureDeviceManufacturer"),
     )

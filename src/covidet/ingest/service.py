@@ -143,6 +143,10 @@ class ImageIngest:
                         f"SOP class {header.sop_class_uid} is not a chest radiograph class covidet accepts "
                         f"({', '.join(ACCEPTED_SOP_CLASSES.values())})"
                     )
+                if header.capture_device_manufacturer == "covidet":
+                    # A report that covidet itself made (forwarded to a PACS that routes it back):
+                    # analysing it would feed the AI its own burned-in boxes.
+                    raise IngestRejected("this is a covidet AI report (Secondary Capture), not an X-ray")
                 if not header.sop_instance_uid or not header.study_instance_uid:
                     raise IngestRejected("DICOM lacks SOPInstanceUID or StudyInstanceUID")
         except IngestRejected as exc:
