@@ -23,7 +23,7 @@ def test_migrations_create_every_table_and_are_idempotent(database_url: str) -> 
     tables = set(inspect(first.engine).get_table_names())
     assert {"devices", "patients", "studies", "images", "vital_signs", "rejected_messages"} <= tables
     with first.engine.connect() as connection:
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
     first.dispose()
     Database(database_url).dispose()  # running the migrations again on an up-to-date database is a no-op
 

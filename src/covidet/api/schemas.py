@@ -1,0 +1,205 @@
+"""Schemas and parameter types shared by the routers.
+
+Each router defines its own resource schemas in families (``XCreate`` / ``XUpdate`` / ``XPublic``);
+this module holds what they share: the error body, the pagination parameters and envelope, bounded
+id and text types, and the answers every authenticated route documents. Bounds matter for more than
+tidiness: an id beyond 32 bits or a NUL character would reach PostgreSQL as an error (a 500), so the
+API refuses them first, as 422s.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import HTTPException, Path, Query, status
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+
+__all__ = [
+    "AUTH_ERRORS",
+    "MAX_ID",
+    "MAX_OFFSET",
+    "NO_CONTROL_PATTERN",
+    "UNSAFE_ERRORS",
+    "VITAL_UNITS",
+    "AiPublic",
+    "ErrorPublic",
+    "IdPath",
+    "Limit",
+    "Offset",
+    "OptionalIdQuery",
+    "PageMeta",
+    "PatientRef",
+    "ReviewStatePublic",
+    "SearchText",
+    "TextBody",
+    "VitalValuePublic",
+    "ai_public",
+    "as_utc",
+    "error_responses",
+    "vitals_public",
+]
+
+#: Largest id accepted anywhere: ids are 32-bit integers in PostgreSQL.
+MAX_ID = 2**31 - 1
+#: Largest pagination offset (beyond it a client is scanning, not paging).
+MAX_OFFSET = 1_000_000
+#: One line of printable text: no control characters (NUL, in particular, which PostgreSQL refuses).
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
+
+class ErrorPublic(BaseModel):
+    """Every refusal: ``detail`` says what was wrong in one line. Request validation errors (422) also
+    list each problem in ``errors`` (FastAPI's ``loc`` / ``msg`` / ``type`` items)."""
+
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+
+
+class PageMeta(BaseModel):
+    """The envelope of every list: ``total`` items match the filters; this page holds those from
+    ``offset`` on, at most ``limit``."""
+
+    total: int = Field(ge=0)
+    limit: int = Field(ge=1)
+    offset: int = Field(ge=0)
+
+
+class PatientRef(BaseModel):
+    """A patient as other resources name it: covidet's id, the key the devices sent, the name."""
+
+    id: int
+    patient_key: str
+    name: str | None = None
+
+
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="covidet id (opaque positive integer)")]
+OptionalIdQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+Limit = Annotated[int, Query(ge=1, le=200, description="page size, 1-200")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
+SearchText = Annotated[
+    str | None,
+    Query(min_length=1, max_length=64, pattern=NO_CONTROL_PATTERN, description="case-insensitive substring"),
+]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    return value
+
+
+#: Free text in a request body (a review comment): any characters but NUL, at most 10,000.
+TextBody = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(_no_nul)]
+
+
+def as_utc(moment: datetime | None, name: str) -> datetime | None:
+    """A query-parameter time as aware UTC (naive times are taken as UTC, as everywhere in covidet).
+
+    Raises:
+        HTTPException: 422 for a time that cannot be expressed in UTC (year 1 with a positive offset).
+    """
+    if moment is None:
+        return None
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"{name}: time out of range"
+        ) from None
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error codes, each with the :class:`ErrorPublic` body."""
+    descriptions = {
+        400: "Malformed request",
+        401: "Not authenticated: no, an unknown, an expired or a revoked credential",
+        403: "Authenticated, but not allowed: wrong role, missing CSRF token, another user's object",
+        404: "No such object",
+        409: "Conflicts with the object's state (a signed review, a taken name)",
+        413: "Too large",
+        415: "Unsupported media type",
+        422: "Invalid parameters or body",
+    }
+    return {code: {"model": ErrorPublic, "description": descriptions[code]} for code in codes}
+
+
+#: What every authenticated route may answer besides its own results.
+AUTH_ERRORS = error_responses(401, 403, 422)
+#: ... and every authenticated POST, PUT, PATCH or DELETE: a body that cannot be parsed is a 400 (the
+#: CSRF check reads the form of a cookie-authenticated request, whatever the route's own body).
+UNSAFE_ERRORS = error_responses(400, 401, 403, 422)
+
+
+# ------------------------------------------------------------- summaries shared by several resources
+
+#: Units of the vital-sign columns, for display.
+VITAL_UNITS = {
+    "spo2_percent": "%",
+    "respiratory_rate_per_min": "/min",
+    "temperature_c": "°C",
+    "heart_rate_per_min": "/min",
+    "systolic_bp_mmhg": "mmHg",
+}
+
+
+class AiPublic(BaseModel):
+    """The newest successful AI analysis of an image. Preliminary, unreviewed, not for clinical use."""
+
+    inference_id: int
+    label: str | None = Field(description="image-level decision: covid19, pneumonia or normal")
+    top_score: float | None = Field(description="highest finding score; null without findings")
+    probabilities: dict[str, float]
+    model_name: str
+    model_version: str
+    finished_at: datetime | None
+
+
+class VitalValuePublic(BaseModel):
+    """The latest value of one vital sign and its NEWS2 score (0-3); ``abnormal`` when the score > 0."""
+
+    value: float
+    unit: str
+    measured_at: datetime
+    news2: int | None
+    abnormal: bool
+
+
+class ReviewStatePublic(BaseModel):
+    """``signed`` when a signed review exists (the newest is named), ``draft`` when only drafts do,
+    ``none`` otherwise."""
+
+    state: str
+    review_id: int | None = None
+    reviewer: str | None = None
+    label: str | None = None
+    signed_at: datetime | None = None
+
+
+def ai_public(summary: Any) -> AiPublic | None:
+    """:class:`AiPublic` of a :class:`covidet.store.review_queries.AiSummary` (or ``None``)."""
+    if summary is None:
+        return None
+    return AiPublic(
+        inference_id=summary.inference_id,
+        label=summary.label,
+        top_score=summary.top_score,
+        probabilities=summary.probabilities,
+        model_name=summary.model_name,
+        model_version=summary.model_version,
+        finished_at=summary.finished_at,
+    )
+
+
+def vitals_public(values: dict[str, Any]) -> dict[str, VitalValuePublic]:
+    """``{parameter: VitalValuePublic}`` of :func:`covidet.store.review_queries.latest_vitals` values."""
+    return {
+        name: VitalValuePublic(
+            value=v.value,
+            unit=VITAL_UNITS[name],
+            measured_at=v.measured_at,
+            news2=v.news2,
+            abnormal=v.abnormal,
+        )
+        for name, v in values.items()
+    }
