@@ -977,6 +977,43 @@ def api_token_create(
     typer.echo(json.dumps(result, indent=2))
 
 
+# --- demo command ---
+@app.command()
+def demo(
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="port of the web app on 127.0.0.1")
+    ] = 8000,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            help="keep the demo's database and images here (default: a temporary folder, deleted on exit)",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="X-rays to simulate (env COVIDET_DATA; default ../shared/data/cxr)"),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="X-rays the simulated modality sends")] = 12,
+    log_level: Annotated[
+        str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR (default WARNING)")
+    ] = None,
+) -> None:
+    """See the whole system work on this machine: web app, DICOM receiver, MQTT ingest (private
+    Mosquitto, if installed), in-process worker with the shipped model, and simulated devices sending
+    real X-rays and vital signs. Prints the URL and the demo users' passwords; Ctrl-C stops it. See
+    docs/web.md."""
+    from covidet.demo import DemoError, run_demo
+
+    settings = _setup(log_level=log_level or "WARNING")
+    try:
+        run_demo(settings, port=port, home=home, data=data, limit=limit)
+    except DemoError as exc:
+        raise _fail(str(exc)) from exc
+    except OSError as exc:
+        raise _fail(f"cannot start: {exc}") from exc
+
+
 # ------------------------------------------------------------------------------------ analysis worker
 
 

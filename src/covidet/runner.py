@@ -9,6 +9,8 @@ then the others in reverse order of start.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,24 @@ def run_services(
         logger.info("web app and API on %s://%s:%d (not for clinical use)", scheme, host, port)
         if on_started is not None:
             on_started(services)
-        server.run()
+        previous = _quiet_signals()
+        try:
+            server.run()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     finally:
         services.stop()
+
+
+def _quiet_signals() -> dict[int, Any]:
+    """While uvicorn serves, its own SIGINT/SIGTERM handlers stop it gracefully; afterwards it raises
+    the signal again to the handler it found. Install one that does nothing, so the services are then
+    stopped by ``run_services`` instead of the process dying (SIGTERM) or a KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def after_uvicorn(signum: int, _frame: Any) -> None:
+        logger.info("%s: stopping covidet", signal.Signals(signum).name)
+
+    return {signum: signal.signal(signum, after_uvicorn) for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -43,6 +43,7 @@ from covidet.ingest.service import ImageIngest
 from covidet.ingest.storage import ImageStore
 from covidet.store import review_queries as rq
 from covidet.store.db import Database
+from covidet.web import mount_web
 from covidet.worker.queue import InProcessQueue
 
 __all__ = ["API_PREFIX", "create_app"]
@@ -189,4 +190,5 @@ def create_app(
         audit,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
+    mount_web(app)  # web pages, /static and GET /api/v1/events (covidet.web)
     return app

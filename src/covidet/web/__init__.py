@@ -1,0 +1,63 @@
+"""The radiologists' web app: server-rendered pages (Jinja2), plain JavaScript and CSS served from
+this package (no build step, nothing from other sites), and the server-sent-events stream of the live
+worklist.
+
+:func:`mount_web` adds it all to the API app made by :func:`covidet.api.app.create_app`:
+
+* ``/`` (redirect), ``/login``, ``/logout``, ``/worklist``, ``/worklist/live``, ``/images/{id}``
+  (viewer and review), ``/model``, ``/model/plots/{name}``, ``/admin/audit``: HTML pages
+  (:mod:`covidet.web.pages`);
+* ``/static/...``: the pages' scripts and styles;
+* ``GET /api/v1/events``: the event stream (:mod:`covidet.web.events`).
+
+See docs/web.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Nothing from covidet.api is imported at module level: covidet.api.app imports this package.
+__all__ = ["close_event_streams", "mount_web"]
+
+
+class _StaticHeaders:
+    """Adds ``nosniff`` and a revalidating cache policy to the static files (scripts change with the
+    version, and a stale script against a newer API is worse than one more request)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() not in (b"cache-control",)
+                ]
+                headers += [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-cache")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def close_event_streams(app: Any) -> None:
+    """End the app's open event streams (see :func:`covidet.web.events.close_event_streams`)."""
+    from covidet.web.events import close_event_streams as close
+
+    close(app)
+
+
+def mount_web(app: Any) -> None:
+    """Add the web pages, their static files and ``GET /api/v1/events`` to ``app`` (a FastAPI app of
+    :func:`covidet.api.app.create_app`: its ``state`` holds the settings and the database)."""
+    from covidet.api.deps import API_PREFIX
+    from covidet.web import events, pages
+
+    app.include_router(events.router, prefix=API_PREFIX)
+    for route in pages.page_routes():
+        app.router.routes.append(route)
+    app.mount("/static", _StaticHeaders(StaticFiles(directory=pages.STATIC_DIR)), name="static")

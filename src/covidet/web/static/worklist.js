@@ -1,0 +1,162 @@
+/*
+ * The live worklist. The page listens to the server-sent events of /api/v1/events; when a result,
+ * a priority change or an alert arrives it fetches the server-rendered rows (/worklist/live with the
+ * same filters) and swaps them in, so there is one renderer (the Jinja template) and no reload.
+ * Rows that appear are marked "new", rows that changed place "moved", and an urgent alert is
+ * announced (role="alert") and its row highlighted.
+ */
+"use strict";
+
+(function () {
+  const live = document.getElementById("live");
+  const status = document.getElementById("live-status");
+  const toast = document.getElementById("alert-toast");
+  if (!live || !window.EventSource) {
+    if (status) status.textContent = "Live updates: not supported by this browser; reload to refresh.";
+    return;
+  }
+  const alerted = new Set(); // image ids with an alert seen while this page is open
+  let timer = null;
+  let busy = false;
+  let again = false;
+  let opened = 0;
+
+  function setStatus(state, text) {
+    status.dataset.state = state;
+    status.textContent = text;
+  }
+
+  function rowIds() {
+    return Array.from(live.querySelectorAll("tr[data-image-id]")).map(function (row) {
+      return row.dataset.imageId;
+    });
+  }
+
+  function decorate(before) {
+    live.querySelectorAll("tr[data-image-id]").forEach(function (row, index) {
+      const id = row.dataset.imageId;
+      const old = before.indexOf(id);
+      if (before.length && old === -1) row.classList.add("is-new");
+      else if (old !== -1 && old !== index) row.classList.add("is-moved");
+      if (alerted.has(id)) row.classList.add("is-alert");
+    });
+    bindAcknowledge();
+  }
+
+  async function refresh() {
+    if (busy) {
+      again = true;
+      return;
+    }
+    busy = true;
+    try {
+      const before = rowIds();
+      const response = await fetch("/worklist/live?" + (live.dataset.query || ""), {
+        credentials: "same-origin",
+        headers: { Accept: "text/html" },
+      });
+      if (response.redirected && new URL(response.url).pathname === "/login") {
+        window.covidet.toLogin();
+        return;
+      }
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      live.innerHTML = await response.text(); // rendered and escaped by the server's template
+      decorate(before);
+      live.dataset.refreshes = String(Number(live.dataset.refreshes || "0") + 1);
+    } catch (error) {
+      setStatus("error", "Live updates: the worklist could not be refreshed (" + error.message + ").");
+    } finally {
+      busy = false;
+      if (again) {
+        again = false;
+        schedule();
+      }
+    }
+  }
+
+  function schedule() {
+    // Events come in bursts (analysed, then priority, then maybe alert): one refresh for a burst.
+    window.clearTimeout(timer);
+    timer = window.setTimeout(refresh, 250);
+  }
+
+  function showAlert(event) {
+    const id = String(event.image_id);
+    alerted.add(id);
+    if (!toast) return;
+    toast.replaceChildren();
+    const strong = document.createElement("strong");
+    strong.textContent = "Urgent: ";
+    // The first reason decides; the others are on the row and in the alerts list.
+    const reasons = event.reasons || [];
+    const more = reasons.length > 1 ? " (+" + (reasons.length - 1) + " more) " : " ";
+    const text = document.createTextNode((reasons[0] || "new urgent case") + more);
+    const link = document.createElement("a");
+    link.href = "/images/" + encodeURIComponent(id);
+    link.textContent = "Open image " + id;
+    toast.append(strong, text, link);
+    toast.dataset.imageId = id;
+    toast.hidden = false;
+  }
+
+  function bindAcknowledge() {
+    live.querySelectorAll("button.ack").forEach(function (button) {
+      button.addEventListener("click", async function () {
+        button.disabled = true;
+        try {
+          await window.covidet.api("POST", "/api/v1/alerts/" + button.dataset.alertId + "/acknowledge");
+          schedule();
+        } catch (error) {
+          button.disabled = false;
+          setStatus("error", "Could not acknowledge the alert: " + error.message);
+        }
+      });
+    });
+  }
+
+  const source = new EventSource("/api/v1/events");
+  source.onopen = function () {
+    opened += 1;
+    setStatus("connected", "Live updates: on");
+    if (opened > 1) schedule(); // reconnected: events may have been missed meanwhile
+  };
+  source.onerror = function () {
+    if (source.readyState === EventSource.CLOSED) {
+      setStatus("closed", "Live updates: off (sign in again, or reload the page).");
+    } else {
+      setStatus("reconnecting", "Live updates: reconnecting…");
+    }
+  };
+  ["analysed", "priority", "failed", "resync"].forEach(function (type) {
+    source.addEventListener(type, schedule);
+  });
+  source.addEventListener("alert", function (message) {
+    try {
+      showAlert(JSON.parse(message.data));
+    } catch (error) {
+      /* a malformed event only costs the banner; the refresh still shows the row */
+    }
+    schedule();
+  });
+  window.addEventListener("pagehide", function () {
+    source.close();
+  });
+  bindAcknowledge();
+})();
+
+// Filters: empty fields stay out of the address (shorter, bookmarkable URLs).
+(function () {
+  const form = document.getElementById("filters");
+  if (!form) return;
+  form.addEventListener("submit", function () {
+    form.querySelectorAll("select, input[type=search]").forEach(function (field) {
+      if (!field.value) field.disabled = true;
+    });
+  });
+  window.addEventListener("pageshow", function () {
+    // Back from the filtered page (bfcache): the fields are usable again.
+    form.querySelectorAll("select, input").forEach(function (field) {
+      field.disabled = false;
+    });
+  });
+})();
