@@ -1,13 +1,17 @@
 # covidet: two commands for a fresh machine.
-#   make demo   set up (first use) and run the main job: assess real chest X-rays with the shipped model
+#   make demo   set up (first use) and run the whole system on loopback with simulated devices
+#               (covidet demo: web worklist, DICOM receiver, MQTT vitals, analysis; Ctrl-C stops it)
 #   make test   set up (first use) and run the whole test suite
+#   make predict-demo   assess a few real chest X-rays from the command line (no servers)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 COVIDET_DATA ?= $(abspath ../shared/data/cxr)
 export COVIDET_DATA
 
-.PHONY: setup demo test bench lint
+PORT ?= 8000
+
+.PHONY: setup demo predict-demo test bench lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +21,12 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# The demo's X-rays: a real 16-bit MONOCHROME1 DICOM chest radiograph shipped by pydicom-data, plus one
-# validation-split image of each class from the dataset when it is present.
 demo: setup
+	$(BIN)/covidet demo --port $(PORT)
+
+# The predict demo's X-rays: a real 16-bit MONOCHROME1 DICOM chest radiograph shipped by pydicom-data, plus one
+# validation-split image of each class from the dataset when it is present.
+predict-demo: setup
 	@mkdir -p out/demo
 	$(BIN)/python -c "from pydicom.data import get_testdata_file as g; print(g('RG1_UNCR.dcm', download=False))" > out/demo/files.txt
 	-@test -f "$(COVIDET_DATA)/manifest.csv" && awk -F, 'NR>1 && $$4=="val" && !seen[$$2]++ {print "$(COVIDET_DATA)/" $$1}' "$(COVIDET_DATA)/manifest.csv" >> out/demo/files.txt
