@@ -23,6 +23,16 @@ from pathlib import Path
 __all__ = ["ServerHandle", "find_binary", "free_port", "start_postgres", "wait_for_port"]
 
 
+def terminate(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited after ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -167,11 +177,7 @@ def start_redis() -> ServerHandle:
         raise
 
     def stop() -> None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        terminate(process, 10)
 
     return ServerHandle(url=f"redis://127.0.0.1:{port}/0", port=port, directory=directory, _stop=stop)
 
@@ -225,15 +231,6 @@ def make_tls_files(directory: Path, *, owner: str | None = None) -> TlsFiles:
     return TlsFiles(ca_cert=ca_cert, server_cert=cert, server_key=key)
 
 
-def _terminate(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @dataclass
 class MosquittoHandle(ServerHandle):
     """A private Mosquitto: ``port`` (plain MQTT), ``tls_port`` (MQTT over TLS, if asked for),
@@ -256,7 +253,7 @@ class MosquittoHandle(ServerHandle):
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(list(self.process.args), stdout=log, stderr=subprocess.STDOUT)
         process = self.process
-        self._stop = lambda: _terminate(process)
+        self._stop = lambda: terminate(process, 10)
         wait_for_port(self.port, process=process)
         if self.tls_port is not None:
             wait_for_port(self.tls_port, process=process)
@@ -348,7 +345,7 @@ def start_mosquitto(
         process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
 
     def stop() -> None:
-        _terminate(process)
+        terminate(process, 10)
 
     try:
         wait_for_port(port, process=process)
@@ -419,11 +416,7 @@ def start_orthanc() -> OrthancHandle:
         raise
 
     def stop() -> None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        terminate(process, 15)
         log.close()
 
     return OrthancHandle(
