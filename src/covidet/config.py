@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     token_days: int = Field(
         30, ge=1, le=3650, description="lifetime of a bearer token from POST /api/v1/auth/token, days"
     )
+    triage_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="overrides of the triage table's thresholds (field names of "
+        "covidet.assessment.triage.TriageThresholds, docs/triage.md), e.g. "
+        'COVIDET_TRIAGE_THRESHOLDS=\'{"window_minutes": 60}\' or a [triage_thresholds] TOML table',
+    )
     # --- reports out ------------------------------------------------------------------------------------
     pacs_host: str | None = Field(None, description="forward DICOM reports to this PACS host (C-STORE)")
     pacs_port: int = Field(104, ge=1, le=65535, description="PACS port")

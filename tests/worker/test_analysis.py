@@ -199,3 +199,20 @@ def _a_dataset_jpeg() -> Path:
     rows = (root / "manifest.csv").read_text().splitlines()[1:]
     line = next(row for row in rows if row.endswith(",1"))
     return root / line.split(",")[0]
+
+
+def test_triage_thresholds_come_from_settings(tmp_path: Path, monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from covidet.ingest.storage import ImageStore
+    from covidet.worker.analysis import Analyzer
+
+    monkeypatch.setenv("COVIDET_TRIAGE_THRESHOLDS", '{"window_minutes": 60, "positive_threshold": 0.6}')
+    settings = get_settings(home=tmp_path)
+    db = Database(settings.resolved_database_url)
+    analyzer = Analyzer(settings, db, ImageStore(tmp_path / "images"))
+    assert analyzer.thresholds.window_minutes == 60 and analyzer.thresholds.positive_threshold == 0.6
+    monkeypatch.setenv("COVIDET_TRIAGE_THRESHOLDS", '{"window_minuts": 60}')
+    with pytest.raises(ValidationError, match="window_minuts"):
+        Analyzer(get_settings(home=tmp_path), db, ImageStore(tmp_path / "images"))
+    db.dispose()

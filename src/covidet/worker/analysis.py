@@ -97,7 +97,8 @@ class Analyzer:
         self.db = db
         self.store = store
         self.events = events
-        self.thresholds = thresholds or TriageThresholds()
+        # Unknown names or inconsistent values fail here, at start, not at the first triage.
+        self.thresholds = thresholds or TriageThresholds(**getattr(settings, "triage_thresholds", {}))
         self._predictor = predictor
         self._lock = threading.Lock()
 
