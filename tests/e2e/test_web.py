@@ -6,8 +6,8 @@ dataset over DICOM and vital signs over MQTT.
 Also here: the server-sent-events stream on its own (in-process and over Redis, and that it lets the
 server stop), and ``covidet demo`` as a user runs it (subprocess, then Ctrl-C).
 
-Screenshots of the worklist and the viewer are saved in ``tests/artifacts/`` (git-ignored) and copied to
-``docs/screenshots/`` for the README.
+Screenshots of the worklist and the viewer are saved in ``tests/artifacts/`` (git-ignored); with
+``COVIDET_UPDATE_SCREENSHOTS=1`` they are also copied to ``docs/screenshots/`` for the README.
 """
 
 from __future__ import annotations
@@ -250,10 +250,10 @@ def sign_in(browser: Any, base_url: str, username: str, target: str = "/worklist
 
 def screenshot(page: Any, name: str, *, full_page: bool = False) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
-    shutil.copyfile(path, SCREENSHOTS / f"{name}.png")
+    if os.environ.get("COVIDET_UPDATE_SCREENSHOTS") == "1":  # refresh the README's pictures on purpose
+        shutil.copyfile(path, SCREENSHOTS / f"{name}.png")
 
 
 def worklist_rows(page: Any) -> list[dict[str, str]]:
