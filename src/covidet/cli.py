@@ -105,7 +105,9 @@ def train(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     workers: Annotated[int, typer.Option(help="data-loading processes")] = 1,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    amp: Annotated[bool, typer.Option(help="mixed precision on CUDA")] = False,
+    amp: Annotated[
+        bool, typer.Option(help="mixed precision: fp16 on CUDA, bf16 on CPUs with bf16 instructions")
+    ] = False,
     resume: Annotated[
         Path | None, typer.Option(help="checkpoint to resume (e.g. runs/train/last.pt)")
     ] = None,

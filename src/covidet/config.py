@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="overrides of the triage table's thresholds (field names of "
         "covidet.assessment.triage.TriageThresholds, docs/triage.md), e.g. "
-        'COVIDET_TRIAGE_THRESHOLDS=\'{"window_minutes": 60}\' or a [triage_thresholds] TOML table',
+        "COVIDET_TRIAGE_THRESHOLDS='{\"window_minutes\": 60}' or a [triage_thresholds] TOML table",
     )
     # --- reports out ------------------------------------------------------------------------------------
     pacs_host: str | None = Field(None, description="forward DICOM reports to this PACS host (C-STORE)")

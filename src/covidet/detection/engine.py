@@ -48,6 +48,7 @@ def train_one_epoch(
     max_iterations: int | None = None,
     grad_clip: float | None = 10.0,
     scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
     on_iteration: Callable[[int, dict[str, float]], None] | None = None,
     deadline: float | None = None,
     show_progress: bool = True,
@@ -55,7 +56,9 @@ def train_one_epoch(
     """One pass over ``loader`` (batches of ``(images, targets)``); returns the mean of each loss.
 
     ``scheduler`` steps once per iteration. With ``scaler`` the forward pass runs under CUDA autocast
-    (mixed precision). The epoch ends early once ``time.monotonic()`` passes ``deadline``.
+    (mixed precision); with ``amp_dtype`` (e.g. ``torch.bfloat16`` on CPU) under autocast to that type,
+    without loss scaling (bf16 has fp32's exponent range). The epoch ends early once
+    ``time.monotonic()`` passes ``deadline``.
     Raises :class:`NonFiniteLossError` on a NaN/inf loss.
     """
     model.train()
@@ -75,7 +78,9 @@ def train_one_epoch(
             break
         images = [image.to(device, non_blocking=True) for image in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-        with torch.autocast(device_type=device.type, enabled=scaler is not None):
+        with torch.autocast(
+            device_type=device.type, dtype=amp_dtype, enabled=scaler is not None or amp_dtype is not None
+        ):
             loss_dict = model(images, targets)
             loss = sum(loss_dict.values())
         loss_value = float(loss.detach())
