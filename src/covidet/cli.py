@@ -51,6 +51,16 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _bundle_path(model: Path | None, settings: Any) -> Path:
+    """The bundle to use: ``--model``, else ``COVIDET_MODEL``, else the shipped one."""
+    from covidet.detection.bundle import default_bundle_path
+
+    bundle = model or settings.model or default_bundle_path()
+    if bundle is None:
+        raise _fail("no model bundle: pass --model BUNDLE or set COVIDET_MODEL")
+    return Path(bundle)
+
+
 DataOption = Annotated[
     Path | None, typer.Option("--data", help="dataset folder or COCO JSON [env COVIDET_DATA]")
 ]
@@ -101,6 +111,15 @@ def train(
         bool, typer.Option(help="leave box-less covid19/pneumonia images out of training")
     ] = True,
     augment: Annotated[bool, typer.Option(help="augmentation against resolution/contrast shortcuts")] = True,
+    extra_boxes: Annotated[
+        Path | None,
+        typer.Option(help="boxes CSV for box-less training images (from `covidet propose-boxes`)"),
+    ] = None,
+    extra_boxes_min_score: Annotated[float, typer.Option(help="ignore extra boxes scoring below")] = 0.5,
+    task: Annotated[
+        str,
+        typer.Option(help="assess (the detector) | lungs (class-agnostic lung detector for propose-boxes)"),
+    ] = "assess",
     threshold: Annotated[float, typer.Option(help="disease-score threshold of the decision rule")] = 0.5,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     workers: Annotated[int, typer.Option(help="data-loading processes")] = 1,
@@ -147,6 +166,9 @@ def train(
             balance=balance,
             skip_boxless_disease=skip_boxless_disease,
             augment=augment,
+            extra_boxes=extra_boxes,
+            extra_boxes_min_score=extra_boxes_min_score,
+            task=task,
             threshold=threshold,
             seed=seed,
             workers=workers,
@@ -169,7 +191,8 @@ def train(
                 {
                     "bundle": str(result.bundle),
                     "best_epoch": result.best_epoch,
-                    "best_" + config.monitor: result.best_metric,
+                    "best_"
+                    + ("lung_map50" if config.task == "lungs" else config.monitor): result.best_metric,
                     "stopped_because": result.stopped_because,
                 }
             )
@@ -194,13 +217,11 @@ def evaluate(
 ) -> None:
     """Evaluate a model bundle: COCO box metrics and image-level clinical metrics; prints JSON."""
     settings = _setup()
-    from covidet.detection.bundle import BundleError, default_bundle_path
+    from covidet.detection.bundle import BundleError
     from covidet.detection.data import DatasetError
     from covidet.detection.evaluate import evaluate_bundle
 
-    bundle = model or settings.model or default_bundle_path()
-    if bundle is None:
-        raise _fail("no model bundle: pass --model BUNDLE or set COVIDET_MODEL")
+    bundle = _bundle_path(model, settings)
     try:
         report = evaluate_bundle(
             bundle,
@@ -289,6 +310,117 @@ def _retriager(settings: Any, db: Any) -> Any:
     return retriage
 
 
+# --- calibrate command ---
+@app.command()
+def calibrate(
+    model: ModelOption = None,
+    data: DataOption = None,
+    split: Annotated[str, typer.Option(help="split to fit on (val; never test)")] = "val",
+    covid_sensitivity: Annotated[
+        float, typer.Option(min=0.01, max=1, help="Covid-19 sensitivity the threshold must reach on SPLIT")
+    ] = 0.975,
+    folds: Annotated[int, typer.Option(min=2, help="patient folds of the cross-fitted estimate")] = 5,
+    write: Annotated[bool, typer.Option("--write/--dry-run", help="write into the model card")] = True,
+    tier: TierOption = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Fit the decision threshold (for a stated Covid-19 sensitivity) and the probability temperature
+    on the val split and write them into the model card; prints the new decision as JSON."""
+    settings = _setup()
+    from covidet.detection.bundle import BundleError
+    from covidet.detection.calibrate import calibrate_bundle
+    from covidet.detection.data import DatasetError
+
+    bundle = _bundle_path(model, settings)
+    try:
+        decision = calibrate_bundle(
+            bundle,
+            data=data or settings.data,
+            split=split,
+            target_covid_sensitivity=covid_sensitivity,
+            folds=folds,
+            tier=tier,
+            device=settings.device,
+            show_progress=progress,
+            write=write,
+        )
+    except (DatasetError, BundleError, ValueError) as error:
+        raise _fail(str(error)) from None
+    typer.echo(json.dumps(decision, indent=2))
+
+
+# --- propose-boxes command ---
+@app.command("propose-boxes")
+def propose_boxes(
+    model: Annotated[
+        Path, typer.Option("--model", help="a lung-detector bundle (`covidet train --task lungs`)")
+    ],
+    out: Annotated[Path, typer.Option(help="boxes CSV to write (for `covidet train --extra-boxes`)")],
+    data: DataOption = None,
+    split: Annotated[str, typer.Option(help="split whose box-less images get boxes")] = "train",
+    min_score: Annotated[float, typer.Option(min=0, max=1, help="lowest score of a proposed box")] = 0.5,
+    check_split: Annotated[
+        str | None,
+        typer.Option(help="split whose human boxes check the proposals (not trained on); '' skips"),
+    ] = "val",
+    sheet: Annotated[Path | None, typer.Option(help="PNG contact sheet of the proposals")] = None,
+    tier: TierOption = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Propose lung boxes for the images of SPLIT that have only an image label; prints a JSON summary.
+
+    Each box takes its image's label and is marked box_source=model_proposed with its score; human
+    boxes are never touched. The check runs the same proposals on images with human boxes (val).
+    """
+    settings = _setup()
+    from covidet.detection.bundle import BundleError, load_bundle
+    from covidet.detection.data import DatasetError, load_records
+    from covidet.detection.pseudo_boxes import (
+        check_proposals,
+        contact_sheet,
+        proposal_counts,
+        propose_lung_boxes,
+        write_boxes_csv,
+    )
+
+    try:
+        network, card = load_bundle(model)
+        if card.get("purpose") != "lungs":
+            raise _fail(f"{model} is not a lung detector (train one with `covidet train --task lungs`)")
+        size = int(card["architecture"]["max_size"])
+        records = load_records(data or settings.data, split=split, tier=tier)
+        boxless = [r for r in records if not len(r.boxes)]
+        proposals = propose_lung_boxes(
+            network, boxless, size=size, min_score=min_score, show_progress=progress
+        )
+        write_boxes_csv(proposals, out)
+        check = None
+        if check_split:
+            check = check_proposals(
+                network,
+                load_records(data or settings.data, split=check_split, tier=tier),
+                size=size,
+                min_score=min_score,
+                show_progress=progress,
+            )
+        if sheet is not None:
+            contact_sheet(boxless, proposals, sheet)
+    except (DatasetError, BundleError) as error:
+        raise _fail(str(error)) from None
+    summary = {
+        "model": {"name": card.get("name"), "version": card.get("version"), "bundle": str(model)},
+        "split": split,
+        "images": len(records),
+        "images_without_boxes": len(boxless),
+        "boxes_proposed": len(proposals),
+        "per_label": proposal_counts(boxless, proposals),
+        "check": {"split": check_split, **check} if check else None,
+        "out": str(out),
+        "sheet": str(sheet) if sheet else None,
+    }
+    typer.echo(json.dumps(summary, indent=2))
+
+
 # --- export command ---
 @app.command()
 def export(
@@ -325,13 +457,11 @@ def export(
     Exit 1 when the check ran and no variant passed it. See docs/inference.md.
     """
     settings = _setup()
-    from covidet.detection.bundle import BundleError, default_bundle_path
+    from covidet.detection.bundle import BundleError
     from covidet.detection.data import DatasetError
     from covidet.detection.export import ExportError, export_bundle
 
-    bundle = model or settings.model or default_bundle_path()
-    if bundle is None:
-        raise _fail("no model bundle: pass --model BUNDLE or set COVIDET_MODEL")
+    bundle = _bundle_path(model, settings)
     try:
         section = export_bundle(
             bundle,

@@ -42,3 +42,55 @@ def test_threshold_edge_is_inclusive_and_validated() -> None:
     assert assess([1], [0.5], threshold=0.5).label is Label.COVID19
     with pytest.raises(ValueError, match="threshold"):
         assess([1], [0.5], threshold=1.5)
+
+
+def test_temperature_scales_probabilities_but_never_the_label() -> None:
+    plain = assess([1, 2], [0.8, 0.6])
+    sharp = assess([1, 2], [0.8, 0.6], temperature=0.5)
+    assert sharp.label is plain.label is Label.COVID19
+    # T = 0.5 squares the weights: 0.64, 0.36, 0.04 over 1.04
+    assert sharp.probabilities[Label.COVID19] == pytest.approx(0.64 / 1.04, abs=1e-5)
+    assert sharp.probabilities[Label.NORMAL] == pytest.approx(0.04 / 1.04, abs=1e-5)
+    with pytest.raises(ValueError, match="temperature"):
+        assess([1], [0.5], temperature=0)
+
+
+def test_threshold_is_the_largest_that_reaches_the_covid_sensitivity() -> None:
+    import numpy as np
+
+    from covidet.detection.decision import choose_threshold
+
+    # Four covid images with covid evidence 0.9, 0.7, 0.4, 0.2; two normals with weak covid boxes.
+    evidence = np.array(
+        [[0.9, 0, 0], [0.7, 0, 0], [0.4, 0, 0], [0.2, 0, 0], [0.3, 0, 0.8], [0.1, 0, 0.9]], np.float64
+    )
+    truth = np.array([0, 0, 0, 0, 2, 2])
+    assert choose_threshold(evidence, truth, target_covid_sensitivity=0.5) == (0.7, 0.5)
+    assert choose_threshold(evidence, truth, target_covid_sensitivity=0.75) == (0.4, 0.75)
+    assert choose_threshold(evidence, truth, target_covid_sensitivity=1.0) == (0.2, 1.0)
+    # A covid image with no covid evidence at all cannot be reached: the best achievable is returned.
+    evidence[3] = [0, 0, 0.5]
+    threshold, achieved = choose_threshold(evidence, truth, target_covid_sensitivity=1.0)
+    assert achieved == 0.75 and threshold == 0.4
+
+
+def test_fitted_temperature_lowers_the_nll_of_overconfident_evidence() -> None:
+    import numpy as np
+
+    from covidet.detection.decision import decision_weights, fit_temperature, scaled_probabilities
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 300)
+    # Confident evidence that is right only 60% of the time: calibration must soften it (T > 1).
+    predicted = np.where(rng.random(300) < 0.6, truth, (truth + 1) % 3)
+    evidence = np.full((300, 3), 0.02)
+    evidence[np.arange(300), predicted] = 0.98
+    temperature = fit_temperature(evidence, truth)
+    assert temperature > 1.5
+
+    def nll(t: float) -> float:
+        p = scaled_probabilities(decision_weights(evidence), t)
+        return float(-np.log(p[np.arange(300), truth]).mean())
+
+    assert nll(temperature) < nll(1.0) and nll(temperature) <= nll(temperature * 1.1)
+    assert nll(temperature) <= nll(temperature / 1.1)

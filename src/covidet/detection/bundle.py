@@ -58,11 +58,14 @@ def save_bundle(
     name: str = "covidet-detector",
     version: str = __version__,
     half: bool = True,
+    purpose: str = "assess",
 ) -> Path:
     """Write ``model.pt`` (state dict; floating tensors in fp16 when ``half``) and ``model_card.json``.
 
     ``architecture`` holds the keyword arguments of :func:`build_detector` that rebuild the network;
     ``decision`` the image-level rule and threshold; ``metrics`` held-out (validation) metrics only.
+    ``purpose`` is ``assess`` (the system's detector) or ``lungs`` (a class-agnostic lung detector that
+    only proposes boxes; :class:`~covidet.detection.predictor.Predictor` refuses it).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,13 @@ def save_bundle(
         "version": version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "disclaimer": DISCLAIMER,
-        "task": "chest X-ray lung-region detection with covid19 / pneumonia / normal labels",
+        "purpose": purpose,
+        "task": (
+            "chest X-ray lung-region detection with covid19 / pneumonia / normal labels"
+            if purpose == "assess"
+            else "class-agnostic chest X-ray lung detection (model class 1 = lung): proposes lung boxes "
+            "for `covidet propose-boxes`; not an assessment model"
+        ),
         "classes": [c.value for c in CLASS_NAMES],
         "model_label_ids": {c.value: i + 1 for i, c in enumerate(CLASS_NAMES)} | {"background": 0},
         "architecture": {"detector": "fasterrcnn_fpn", **architecture},

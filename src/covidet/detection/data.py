@@ -39,6 +39,7 @@ __all__ = [
     "DatasetError",
     "DetectionDataset",
     "ImageRecord",
+    "add_extra_boxes",
     "collate_detection",
     "dataset_hash",
     "load_coco",
@@ -234,6 +235,48 @@ def load_records(
     if not records:
         raise DatasetError(f"no images in {path} for split={split!r} tier={tier!r}")
     return records
+
+
+def add_extra_boxes(
+    records: Sequence[ImageRecord], boxes_csv: str | os.PathLike, *, min_score: float = 0.0
+) -> list[ImageRecord]:
+    """Give box-less records the boxes of ``boxes_csv`` (e.g. ``covidet propose-boxes`` output).
+
+    ``boxes_csv`` has the columns of ``boxes.csv`` (``image``, ``x1, y1, x2, y2``; optional ``label``,
+    ``box_source``, ``score``). Only records that have **no** boxes receive rows: a human or
+    mask-derived box is never replaced. Each added box takes its image's label (the image label is the
+    ground truth; a proposal only says where the lungs are) and keeps its ``box_source`` (default
+    ``model_proposed``). Rows scoring below ``min_score`` are ignored.
+    """
+    path = Path(boxes_csv)
+    rows_by_image: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in _read_csv(path, ("image", "x1", "y1", "x2", "y2")):
+        try:
+            if float(row.get("score") or 1.0) >= min_score:
+                rows_by_image[row["image"]].append(row)
+        except ValueError:
+            raise DatasetError(f"{path}: bad score {row.get('score')!r} for {row['image']}") from None
+    updated = []
+    for record in records:
+        rows = rows_by_image.get(record.image, [])
+        if len(record.boxes) or not rows:
+            updated.append(record)
+            continue
+        try:
+            boxes = np.array([[float(r[k]) for k in ("x1", "y1", "x2", "y2")] for r in rows], np.float32)
+        except ValueError as error:
+            raise DatasetError(f"{path}: bad coordinate for {record.image}: {error}") from None
+        if not np.all((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])):
+            raise DatasetError(f"{path}: a box of {record.image} has x2 <= x1 or y2 <= y1")
+        updated.append(
+            replace(
+                record,
+                boxes=boxes,
+                box_labels=(record.label,) * len(rows),
+                box_sources=tuple(r.get("box_source") or "model_proposed" for r in rows),
+            )
+        )
+    return updated
 
 
 def _with_split(record: ImageRecord, split: str) -> ImageRecord:

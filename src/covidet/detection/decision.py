@@ -10,8 +10,14 @@ Rule ("max-score", version 1):
    carry no boxes, so the detector is trained to stay silent on them.
 3. Probabilities: un-normalised weights ``w_covid19 = s_covid19``, ``w_pneumonia = s_pneumonia``,
    ``w_normal = max(s_normal, 1 - d)``, plus a small floor (1e-6) so no class is exactly 0, divided by
-   their sum. They order the classes like the decision at ``threshold = 0.5`` but are not calibrated
-   probabilities; the model-quality issue fits a calibration on the validation split.
+   their sum, then **temperature-scaled**: ``p_c = w_c^(1/T) / sum_k w_k^(1/T)`` (a softmax of
+   ``log w / T``; ``T = 1`` leaves them as they are). ``T`` changes the probabilities, never the label.
+
+Fitting (``covidet calibrate``, :func:`fit_temperature` and :func:`choose_threshold`, on the val split,
+never on training images and never on a test split): ``threshold`` is the largest value at which the
+rule's Covid-19 sensitivity on the split reaches a stated target; ``T`` minimises the negative
+log-likelihood of the true labels. Both are written into the model card's ``decision`` section, which
+the predictor, ``covidet evaluate`` and the worker read.
 """
 
 from __future__ import annotations
@@ -20,9 +26,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from covidet.domain import CLASS_NAMES, Assessment, Label
+from covidet.domain import CLASS_NAMES, Assessment
 
-__all__ = ["DEFAULT_THRESHOLD", "RULE_NAME", "assess", "class_evidence"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "RULE_NAME",
+    "assess",
+    "choose_threshold",
+    "class_evidence",
+    "decision_weights",
+    "fit_temperature",
+    "scaled_probabilities",
+]
 
 RULE_NAME = "max-score-v1"
 DEFAULT_THRESHOLD = 0.5
@@ -38,23 +53,88 @@ def class_evidence(labels: Sequence[int] | np.ndarray, scores: Sequence[float] |
     return evidence
 
 
+def decision_weights(evidence: np.ndarray) -> np.ndarray:
+    """Un-normalised class weights of step 3 from evidence ``[..., 3]`` (covid19, pneumonia, normal)."""
+    evidence = np.asarray(evidence, np.float64)
+    disease = np.maximum(evidence[..., 0], evidence[..., 1])
+    normal = np.maximum(evidence[..., 2], 1.0 - disease)
+    return np.stack([evidence[..., 0], evidence[..., 1], normal], axis=-1) + _FLOOR
+
+
+def scaled_probabilities(weights: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(log(weights) / temperature)`` along the last axis."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = np.log(np.asarray(weights, np.float64)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _labels_at(evidence: np.ndarray, threshold: float) -> np.ndarray:
+    """Class index (CLASS_NAMES order) the rule gives each row of ``evidence [N, 3]`` at ``threshold``."""
+    covid, pneumonia = evidence[:, 0], evidence[:, 1]
+    disease = np.maximum(covid, pneumonia)
+    return np.where(disease < threshold, 2, np.where(covid >= pneumonia, 0, 1))
+
+
+def fit_temperature(evidence: np.ndarray, y_true: Sequence[int] | np.ndarray) -> float:
+    """The temperature that minimises the mean negative log-likelihood of ``y_true``.
+
+    ``evidence`` is ``[N, 3]`` (:func:`class_evidence` per image), ``y_true`` class indices in
+    CLASS_NAMES order. A deterministic search over 601 values from 0.05 to 20 (log-spaced): one
+    parameter, so a grid is exact enough and needs no optimiser.
+    """
+    weights = decision_weights(np.asarray(evidence, np.float64))
+    truth = np.asarray(y_true, np.int64)
+    if len(truth) == 0:
+        raise ValueError("no images to fit the temperature on")
+    candidates = np.logspace(np.log10(0.05), np.log10(20.0), 601)
+    nll = [-np.log(scaled_probabilities(weights, t)[np.arange(len(truth)), truth]).mean() for t in candidates]
+    return float(candidates[int(np.argmin(nll))])
+
+
+def choose_threshold(
+    evidence: np.ndarray, y_true: Sequence[int] | np.ndarray, *, target_covid_sensitivity: float
+) -> tuple[float, float]:
+    """``(threshold, achieved Covid-19 sensitivity)``: the largest threshold that reaches the target.
+
+    Candidates are the images' positive disease scores (where the rule's output changes) and 1.0. When no
+    threshold reaches the target (a Covid image without any Covid evidence is never called Covid), the
+    one with the highest sensitivity is returned, the largest among ties.
+    """
+    evidence = np.asarray(evidence, np.float64)
+    truth = np.asarray(y_true, np.int64)
+    covid = truth == 0
+    if not covid.any():
+        raise ValueError("no covid19 images to set the threshold on")
+    disease = np.maximum(evidence[:, 0], evidence[:, 1])
+    # Only scores > 0: at threshold 0 an image without any disease box would be called diseased.
+    candidates = np.unique(np.clip(np.concatenate([disease[disease > 0], [1.0]]), 0.0, 1.0))[::-1]
+    best: tuple[float, float] | None = None
+    for threshold in candidates:
+        sensitivity = float((_labels_at(evidence, threshold)[covid] == 0).mean())
+        if sensitivity >= target_covid_sensitivity:
+            return float(threshold), sensitivity
+        if best is None or sensitivity > best[1]:
+            best = (float(threshold), sensitivity)
+    assert best is not None
+    return best
+
+
 def assess(
     labels: Sequence[int] | np.ndarray,
     scores: Sequence[float] | np.ndarray,
     *,
     threshold: float = DEFAULT_THRESHOLD,
+    temperature: float = 1.0,
 ) -> Assessment:
     """Apply the rule above to one image's detections (model label ids and scores)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    covid, pneumonia, normal = class_evidence(labels, scores)
-    disease = max(covid, pneumonia)
-    if disease < threshold:
-        label = Label.NORMAL
-    else:
-        label = Label.COVID19 if covid >= pneumonia else Label.PNEUMONIA
-    weights = np.array([covid, pneumonia, max(normal, 1.0 - disease)]) + _FLOOR
-    probabilities = weights / weights.sum()
+    evidence = class_evidence(labels, scores)
+    label = CLASS_NAMES[int(_labels_at(evidence[None], threshold)[0])]
+    probabilities = scaled_probabilities(decision_weights(evidence), temperature)
     return Assessment(
         label=label,
         probabilities={name: float(p) for name, p in zip(CLASS_NAMES, probabilities, strict=True)},

@@ -182,13 +182,14 @@ def evaluate_detections(
     image_labels: list[int],
     *,
     threshold: float = DEFAULT_THRESHOLD,
+    temperature: float = 1.0,
 ) -> EvaluationResult:
     """Box metrics and image-level metrics of one split.
 
     Box metrics (COCO, via pycocotools) use only images that have ground-truth boxes: a box-less image
     has unannotated lungs, not absent lungs, so a box there is not a false positive. ``lung_detection``
     ignores the class (does the detector find the lungs?). Image-level metrics apply the decision rule
-    of :mod:`covidet.detection.decision` to every image.
+    of :mod:`covidet.detection.decision` to every image (``temperature`` scales its probabilities).
     """
     annotated = [i for i, gt in enumerate(ground_truth) if len(gt.boxes)]
     gt_boxed = [ground_truth[i] for i in annotated]
@@ -198,7 +199,9 @@ def evaluate_detections(
         lung = coco_detection_metrics(gt_boxed, pred_boxed, class_agnostic=True)
     else:
         detection = lung = None
-    assessments = [assess(p.labels, p.scores, threshold=threshold) for p in predictions]
+    assessments = [
+        assess(p.labels, p.scores, threshold=threshold, temperature=temperature) for p in predictions
+    ]
     probabilities = np.array([[a.probabilities[c] for c in CLASS_NAMES] for a in assessments], np.float64)
     y_pred = [model_id_from_label(a.label) - 1 for a in assessments]
     image = image_level_metrics(image_labels, probabilities.reshape(-1, len(CLASS_NAMES)), y_pred=y_pred)
@@ -208,7 +211,7 @@ def evaluate_detections(
         "detection": detection,
         "lung_detection": lung,
         "image": image,
-        "decision": {"rule": RULE_NAME, "threshold": threshold},
+        "decision": {"rule": RULE_NAME, "threshold": threshold, "temperature": temperature},
     }
     return EvaluationResult(
         report=report, y_true=np.asarray(image_labels), probabilities=probabilities, assessments=assessments

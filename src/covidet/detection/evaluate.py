@@ -14,15 +14,33 @@ from torch.utils.data import DataLoader
 
 from covidet import DISCLAIMER
 from covidet.detection.bundle import load_bundle
-from covidet.detection.data import DetectionDataset, collate_detection, load_records
+from covidet.detection.data import DetectionDataset, ImageRecord, collate_detection, load_records
 from covidet.detection.decision import DEFAULT_THRESHOLD, assess
 from covidet.detection.engine import evaluate_detections, run_inference
-from covidet.detection.metrics import save_metric_plots
+from covidet.detection.metrics import ImageDetections, disease_boxes_on_lungs, save_metric_plots
 from covidet.detection.transforms import Compose, DownsampleRoundTrip, ResizeLongerSide
 
-__all__ = ["evaluate_bundle"]
+__all__ = ["evaluate_bundle", "infer_records"]
 
 logger = logging.getLogger(__name__)
+
+
+def infer_records(
+    model: torch.nn.Module,
+    records: list[ImageRecord],
+    *,
+    size: int,
+    device: str = "cpu",
+    show_progress: bool = True,
+    desc: str = "inference",
+) -> tuple[list[ImageDetections], list[ImageDetections], list[int], float]:
+    """:func:`run_inference` over ``records`` at the common scale ``size``, one image per pass.
+
+    Returns ``(predictions, ground_truth, image_labels, seconds_per_image)``, boxes in resized pixels.
+    """
+    dataset = DetectionDataset(records, Compose([ResizeLongerSide(size)]))
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_detection, num_workers=1)
+    return run_inference(model, loader, device=torch.device(device), show_progress=show_progress, desc=desc)
 
 
 def evaluate_bundle(
@@ -41,7 +59,8 @@ def evaluate_bundle(
 
     Also reports accuracy per data source (``per_source``: a model that reads the source instead of the
     lungs shows it here) and, unless ``stability_side`` is ``None``, ``stability``: the share of images
-    whose label is unchanged when the image is down-sampled to ``stability_side`` px and back up.
+    whose label is unchanged when the image is down-sampled to ``stability_side`` px and back up, and
+    ``disease_boxes_on_lungs``: the IoU of covid19/pneumonia boxes with the annotated lung boxes.
 
     Writes ``report.json`` and ``confusion_matrix.png``, ``roc.png``, ``reliability.png`` into
     ``out_dir`` when given. The threshold defaults to the model card's.
@@ -50,14 +69,15 @@ def evaluate_bundle(
     threshold = float(
         threshold if threshold is not None else card.get("decision", {}).get("threshold", DEFAULT_THRESHOLD)
     )
+    temperature = float(card.get("decision", {}).get("temperature", 1.0))
     records = load_records(data, split=split, tier=tier)
     size = int(card["architecture"]["max_size"])
-    dataset = DetectionDataset(records, Compose([ResizeLongerSide(size)]))
-    loader = DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_detection, num_workers=1)
-    predictions, ground_truth, labels, seconds = run_inference(
-        model, loader, device=torch.device(device), show_progress=show_progress, desc=f"evaluate {split}"
+    predictions, ground_truth, labels, seconds = infer_records(
+        model, records, size=size, device=device, show_progress=show_progress, desc=f"evaluate {split}"
     )
-    result = evaluate_detections(predictions, ground_truth, labels, threshold=threshold)
+    result = evaluate_detections(
+        predictions, ground_truth, labels, threshold=threshold, temperature=temperature
+    )
     decided = [a.label for a in result.assessments]
     per_source: dict[str, dict[str, int | float]] = {}
     for record, label in zip(records, decided, strict=True):
@@ -94,6 +114,7 @@ def evaluate_bundle(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **result.report,
         "per_source": per_source,
+        "disease_boxes_on_lungs": disease_boxes_on_lungs(predictions, ground_truth),
         "stability": stability,
         "seconds_per_image": round(seconds, 4),
         "disclaimer": DISCLAIMER,

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 
 from covidet.domain import CLASS_NAMES
 
@@ -35,6 +37,7 @@ __all__ = [
     "DEFAULT_CLASS_NAMES",
     "ImageDetections",
     "coco_detection_metrics",
+    "disease_boxes_on_lungs",
     "expected_calibration_error",
     "image_level_metrics",
     "save_metric_plots",
@@ -503,3 +506,39 @@ def save_metric_plots(
     ax.legend(loc="upper left")
     save(fig, "reliability.png")
     return written
+
+
+def disease_boxes_on_lungs(
+    predictions: Sequence[ImageDetections],
+    ground_truth: Sequence[ImageDetections],
+    *,
+    min_score: float = 0.5,
+    disease_ids: tuple[int, ...] = (1, 2),
+) -> dict[str, Any]:
+    """Do the disease boxes sit on the lungs? Their IoU with the annotated lung boxes.
+
+    For every image with ground-truth boxes (in this dataset every box marks a lung), each predicted box
+    of a disease class (model ids ``disease_ids``: covid19, pneumonia) scoring ``>= min_score`` is paired
+    with the lung box it overlaps most. A model that labels the lungs reads the lungs; one that puts its
+    disease boxes on text, borders or the mediastinum shows a low IoU here. Predictions and ground
+    truth must be in the same pixels.
+    """
+    ious: list[float] = []
+    for prediction, truth in zip(predictions, ground_truth, strict=True):
+        if not len(truth.boxes) or prediction.scores is None:
+            continue
+        keep = np.isin(prediction.labels, disease_ids) & (prediction.scores >= min_score)
+        if not keep.any():
+            continue
+        overlaps = box_iou(
+            torch.as_tensor(prediction.boxes[keep], dtype=torch.float32),
+            torch.as_tensor(truth.boxes, dtype=torch.float32),
+        )
+        ious.extend(overlaps.max(dim=1).values.tolist())
+    values = np.asarray(ious, np.float64)
+    return {
+        "min_score": min_score,
+        "n_boxes": len(values),
+        "median_iou": float(np.median(values)) if len(values) else None,
+        "share_iou_ge_0.5": float((values >= 0.5).mean()) if len(values) else None,
+    }

@@ -97,6 +97,8 @@ class Predictor:
             if threshold is not None
             else card.get("decision", {}).get("threshold", DEFAULT_THRESHOLD)
         )
+        # Fitted by `covidet calibrate` (1.0 before): scales the probabilities, never the label.
+        self.temperature = float(card.get("decision", {}).get("temperature", 1.0))
         self.input_size = int(card["architecture"]["max_size"])
         self.backend = backend
 
@@ -122,6 +124,11 @@ class Predictor:
         if path is None:
             raise BundleError("no model bundle: pass --model BUNDLE or set COVIDET_MODEL")
         model, card = load_bundle(path, device=device)
+        if card.get("purpose", "assess") != "assess":
+            raise BundleError(
+                f"{path} is a {card['purpose']} model (it only proposes lung boxes for "
+                "`covidet propose-boxes`), not an assessment model"
+            )
         logger.info("loaded %s %s from %s", card.get("name"), card.get("version"), path)
         if backend is None:
             from covidet.config import get_settings
@@ -177,7 +184,9 @@ class Predictor:
         labels, scores = output["labels"].cpu(), output["scores"].float().cpu()
         return Prediction(
             findings=self._findings(boxes, labels, scores),
-            assessment=assess(labels.numpy(), scores.numpy(), threshold=self.threshold),
+            assessment=assess(
+                labels.numpy(), scores.numpy(), threshold=self.threshold, temperature=self.temperature
+            ),
             seconds=seconds,
         )
 

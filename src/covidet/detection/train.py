@@ -17,7 +17,7 @@ import os
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from covidet.detection.bundle import save_bundle
 from covidet.detection.data import (
     DetectionDataset,
+    ImageRecord,
+    add_extra_boxes,
     collate_detection,
     dataset_hash,
     load_records,
@@ -47,6 +49,7 @@ from covidet.detection.transforms import Compose, ResizeLongerSide, build_train_
 from covidet.domain import Label
 
 __all__ = [
+    "LUNG_CLASS",
     "BalancedSampler",
     "CommonScaleCache",
     "TrainConfig",
@@ -56,6 +59,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# task=lungs trains every box as this one class (model id 1); the bundle's card says purpose "lungs".
+LUNG_CLASS = Label.COVID19
 
 Monitor = Literal["macro_f1", "accuracy", "macro_auc", "map50", "map", "lung_map50"]
 
@@ -90,6 +96,18 @@ class TrainConfig(BaseModel):
         True,
         description="leave covid19/pneumonia images without boxes out of training: as empty targets they "
         "would teach that a diseased image has no disease region (box-less normals stay, as negatives)",
+    )
+    extra_boxes: Path | None = Field(
+        None,
+        description="boxes CSV (e.g. from `covidet propose-boxes`) for training images that have none; "
+        "human boxes are never replaced and each added box takes its image's label",
+    )
+    extra_boxes_min_score: float = Field(0.5, ge=0, le=1, description="ignore extra boxes scoring below")
+    task: Literal["assess", "lungs"] = Field(
+        "assess",
+        description="assess: covid19/pneumonia/normal boxes (the system's detector); lungs: a "
+        "class-agnostic lung detector trained on the images with boxes only, whose bundle "
+        "`covidet propose-boxes` uses (it is not an assessment model)",
     )
     augment: bool = Field(True, description="resolution/contrast/geometry augmentation")
     threshold: float = Field(
@@ -249,6 +267,11 @@ def _architecture(config: TrainConfig) -> dict[str, Any]:
     }
 
 
+def _as_lungs(record: ImageRecord) -> ImageRecord:
+    """The record with its image and every box labelled as one class (model id 1), for ``task=lungs``."""
+    return replace(record, label=LUNG_CLASS, box_labels=(LUNG_CLASS,) * len(record.boxes))
+
+
 def _write_metrics_row(path: Path, row: dict[str, Any]) -> None:
     new = not path.exists()
     with path.open("a", newline="", encoding="utf-8") as handle:
@@ -264,6 +287,9 @@ def train(config: TrainConfig) -> TrainResult:
     Raises ``covidet.detection.engine.NonFiniteLossError`` on a NaN loss and
     ``covidet.detection.data.DatasetError`` on bad data.
     """
+    if config.task == "lungs" and (config.monitor != "lung_map50" or config.balance):
+        # One class: class balance means nothing and the image-level metrics measure nothing.
+        config = config.model_copy(update={"monitor": "lung_map50", "balance": False})
     device = _resolve_device(config.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -276,7 +302,26 @@ def train(config: TrainConfig) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
 
     train_records = load_records(config.data, split=config.train_split, tier=config.tier, seed=config.seed)
-    if config.skip_boxless_disease:
+    val_records = load_records(config.data, split=config.val_split, tier=config.tier, seed=config.seed)
+    if config.extra_boxes is not None:
+        before = sum(1 for r in train_records if len(r.boxes))
+        train_records = add_extra_boxes(
+            train_records, config.extra_boxes, min_score=config.extra_boxes_min_score
+        )
+        logger.info(
+            "extra boxes from %s: %d -> %d training images with boxes",
+            config.extra_boxes,
+            before,
+            sum(1 for r in train_records if len(r.boxes)),
+        )
+    if config.task == "lungs":
+        # Every box is a lung (model class 1); images without boxes say nothing about where lungs are.
+        train_records = [_as_lungs(r) for r in train_records if len(r.boxes)]
+        val_records = [_as_lungs(r) for r in val_records if len(r.boxes)]
+        logger.info(
+            "lung detector: %d train and %d val images with boxes", len(train_records), len(val_records)
+        )
+    elif config.skip_boxless_disease:
         kept = [r for r in train_records if len(r.boxes) or r.label is Label.NORMAL]
         logger.info(
             "training on %d of %d images (%d box-less covid19/pneumonia images left out)",
@@ -285,7 +330,6 @@ def train(config: TrainConfig) -> TrainResult:
             len(train_records) - len(kept),
         )
         train_records = kept
-    val_records = load_records(config.data, split=config.val_split, tier=config.tier, seed=config.seed)
     common_scale = Compose([ResizeLongerSide(config.size)])
     train_set: Dataset = DetectionDataset(
         train_records, build_train_transform(size=config.size) if config.augment else common_scale
@@ -297,7 +341,7 @@ def train(config: TrainConfig) -> TrainResult:
     # Validation sees the same antialiased common scale as training and prediction; its boxes and
     # metrics are in those resized pixels (COCO AP does not depend on the scale).
     val_set = DetectionDataset(val_records, common_scale)
-    if config.balance:
+    if config.balance and config.task == "assess":
         sampler: Sampler[int] = BalancedSampler(
             [r.label for r in train_records], seed=config.seed, rank=rank, world_size=world_size
         )
@@ -515,4 +559,5 @@ def _write_final_bundle(
         },
         metrics={config.val_split: report} if report else {},
         name=config.name,
+        purpose=config.task,
     )
