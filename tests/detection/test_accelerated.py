@@ -27,6 +27,9 @@ from covidet.detection.export import _load_images, check_parity
 from covidet.detection.predictor import Predictor
 from covidet.imaging import read_image
 
+# ONNX Runtime and OpenVINO stay out of the main test process: see tests/conftest.py.
+pytestmark = pytest.mark.own_process
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, data_root) -> Path:
