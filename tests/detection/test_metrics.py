@@ -17,6 +17,7 @@ from covidet.detection.metrics import (
     DEFAULT_CLASS_NAMES,
     ImageDetections,
     coco_detection_metrics,
+    disease_boxes_on_lungs,
     expected_calibration_error,
     image_level_metrics,
     save_metric_plots,
@@ -410,3 +411,23 @@ def test_save_metric_plots_writes_three_pngs(tmp_path: Path) -> None:
     # Without scores the ROC figure is skipped.
     paths = save_metric_plots(report, tmp_path / "no_roc")
     assert sorted(p.name for p in paths) == ["confusion_matrix.png", "reliability.png"]
+
+
+def test_disease_boxes_on_lungs_hand_worked() -> None:
+    lungs = _gt(1, [[0, 0, 40, 100], [60, 0, 100, 100]], [1, 1])
+    predictions = [
+        # covid box = the right lung (IoU 1); pneumonia box half over the left lung (20x100 / 40x100 = 0.5);
+        # a normal box and a weak covid box are not counted.
+        _pred(
+            1,
+            [[0, 0, 40, 100], [80, 0, 100, 100], [0, 0, 40, 100], [50, 0, 60, 10]],
+            [1, 2, 3, 1],
+            [0.9, 0.8, 0.9, 0.3],
+        ),
+        _pred(2, [[0, 0, 10, 10]], [1], [0.9]),  # an image without lung boxes is not counted
+    ]
+    result = disease_boxes_on_lungs(predictions, [lungs, _gt(2, [], [])])
+    assert result["n_boxes"] == 2
+    assert result["median_iou"] == pytest.approx(0.75) and result["share_iou_ge_0.5"] == 1.0
+    empty = disease_boxes_on_lungs([_pred(1, [], [], [])], [lungs])
+    assert empty["n_boxes"] == 0 and empty["median_iou"] is None
