@@ -32,6 +32,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+
+# The test extras install Playwright: a missing one fails the import, it is not skipped.
+import playwright.sync_api as playwright_api
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -51,8 +54,6 @@ from covidet.store.models import Image
 from covidet.web import close_event_streams
 from covidet.worker.events import InProcessEvents, RedisEvents
 from tests.servers import free_port
-
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extras)")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
