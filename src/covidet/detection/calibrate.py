@@ -32,6 +32,7 @@ from covidet.detection.decision import (
     class_evidence,
     decision_weights,
     fit_temperature,
+    labels_at,
     scaled_probabilities,
 )
 from covidet.detection.engine import evaluate_detections
@@ -65,10 +66,7 @@ def cross_fitted_metrics(
             evidence[rest], y_true[rest], target_covid_sensitivity=target_covid_sensitivity
         )
         temperature = fit_temperature(evidence[rest], y_true[rest])
-        disease = np.maximum(evidence[held, 0], evidence[held, 1])
-        predicted[held] = np.where(
-            disease < threshold, 2, np.where(evidence[held, 0] >= evidence[held, 1], 0, 1)
-        )
+        predicted[held] = labels_at(evidence[held], threshold)
         probabilities[held] = scaled_probabilities(decision_weights(evidence[held]), temperature)
         fitted.append(
             {"fold": int(k), "n": int(held.sum()), "threshold": threshold, "temperature": temperature}

@@ -36,6 +36,7 @@ __all__ = [
     "class_evidence",
     "decision_weights",
     "fit_temperature",
+    "labels_at",
     "scaled_probabilities",
 ]
 
@@ -71,7 +72,7 @@ def scaled_probabilities(weights: np.ndarray, temperature: float = 1.0) -> np.nd
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def _labels_at(evidence: np.ndarray, threshold: float) -> np.ndarray:
+def labels_at(evidence: np.ndarray, threshold: float) -> np.ndarray:
     """Class index (CLASS_NAMES order) the rule gives each row of ``evidence [N, 3]`` at ``threshold``."""
     covid, pneumonia = evidence[:, 0], evidence[:, 1]
     disease = np.maximum(covid, pneumonia)
@@ -113,7 +114,7 @@ def choose_threshold(
     candidates = np.unique(np.clip(np.concatenate([disease[disease > 0], [1.0]]), 0.0, 1.0))[::-1]
     best: tuple[float, float] | None = None
     for threshold in candidates:
-        sensitivity = float((_labels_at(evidence, threshold)[covid] == 0).mean())
+        sensitivity = float((labels_at(evidence, threshold)[covid] == 0).mean())
         if sensitivity >= target_covid_sensitivity:
             return float(threshold), sensitivity
         if best is None or sensitivity > best[1]:
@@ -133,7 +134,7 @@ def assess(
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     evidence = class_evidence(labels, scores)
-    label = CLASS_NAMES[int(_labels_at(evidence[None], threshold)[0])]
+    label = CLASS_NAMES[int(labels_at(evidence[None], threshold)[0])]
     probabilities = scaled_probabilities(decision_weights(evidence), temperature)
     return Assessment(
         label=label,

@@ -24,6 +24,7 @@ from covidet.domain import CLASS_NAMES, Assessment, model_id_from_label
 __all__ = [
     "EvaluationResult",
     "NonFiniteLossError",
+    "detections_from_output",
     "evaluate_detections",
     "run_inference",
     "summary_metrics",
@@ -117,6 +118,21 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
+def detections_from_output(
+    output: dict[str, torch.Tensor], image: torch.Tensor, image_id: int
+) -> ImageDetections:
+    """One torchvision detection output as :class:`ImageDetections`, in pixels of ``image [C, H, W]``."""
+    height, width = image.shape[-2:]
+    return ImageDetections(
+        image_id=image_id,
+        boxes=output["boxes"].float().cpu().numpy(),
+        labels=output["labels"].cpu().numpy(),
+        scores=output["scores"].float().cpu().numpy(),
+        width=int(width),
+        height=int(height),
+    )
+
+
 def run_inference(
     model: nn.Module,
     loader: Iterable,
@@ -143,16 +159,7 @@ def run_inference(
         for image, output, target in zip(images, outputs, targets, strict=True):
             image_id = int(target["image_id"])
             height, width = image.shape[-2:]
-            predictions.append(
-                ImageDetections(
-                    image_id=image_id,
-                    boxes=output["boxes"].float().cpu().numpy(),
-                    labels=output["labels"].cpu().numpy(),
-                    scores=output["scores"].float().cpu().numpy(),
-                    width=int(width),
-                    height=int(height),
-                )
-            )
+            predictions.append(detections_from_output(output, image, image_id))
             ground_truth.append(
                 ImageDetections(
                     image_id=image_id,

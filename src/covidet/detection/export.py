@@ -64,7 +64,7 @@ from covidet.detection.accelerated import (
 from covidet.detection.bundle import CARD_FILE, load_bundle, read_model_card
 from covidet.detection.data import DetectionDataset, ImageRecord, load_records
 from covidet.detection.decision import DEFAULT_THRESHOLD, assess
-from covidet.detection.engine import evaluate_detections, summary_metrics
+from covidet.detection.engine import detections_from_output, evaluate_detections, summary_metrics
 from covidet.detection.metrics import ImageDetections
 from covidet.detection.transforms import Compose, ResizeLongerSide
 
@@ -332,18 +332,6 @@ def _greedy_pairs(
         iou[:, j] = 0.0
 
 
-def _detections(output: dict[str, torch.Tensor], image: torch.Tensor, image_id: int) -> ImageDetections:
-    height, width = image.shape[-2:]
-    return ImageDetections(
-        image_id=image_id,
-        boxes=output["boxes"].float().cpu().numpy(),
-        labels=output["labels"].cpu().numpy(),
-        scores=output["scores"].float().cpu().numpy(),
-        width=int(width),
-        height=int(height),
-    )
-
-
 def check_parity(
     reference: nn.Module,
     candidates: dict[str, nn.Module],
@@ -371,7 +359,7 @@ def check_parity(
                 began = time.perf_counter()
                 (output,) = models[name]([image])
                 seconds[name].append(time.perf_counter() - began)
-                predictions[name].append(_detections(output, image, index))
+                predictions[name].append(detections_from_output(output, image, index))
             ground_truth.append(
                 ImageDetections(
                     image_id=index,
