@@ -19,6 +19,9 @@ Configurations (``--configs``; default ``before after``):
 * ``bf16``: ``before`` + bf16 autocast on CPU (``covidet train --amp``; CPUs with bf16 instructions).
 * ``after``: what ``covidet train`` does now by default (channels_last + cache).
 * ``after_bf16``: ``after`` + ``--amp``.
+* ``after_compile``: ``after`` + ``torch.compile`` of the backbone and FPN (the static-shaped part;
+  the RPN and RoI heads are data-dependent). Its compilations, and the recompilation when a new input
+  shape arrives, fall in its warm-up block or in timed steps, as they would in a real run.
 
 The configurations take turns in blocks of ``--block`` steps (A B A B ...), so each sees the same
 machine load; the first block of each is a warm-up and is not timed. Medians; ratio = median step of
@@ -50,12 +53,13 @@ from covidet.domain import Label
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS: dict[str, dict[str, bool]] = {
-    "before": {"channels_last": False, "cache": False, "bf16": False},
-    "channels_last": {"channels_last": True, "cache": False, "bf16": False},
-    "cache": {"channels_last": False, "cache": True, "bf16": False},
-    "bf16": {"channels_last": False, "cache": False, "bf16": True},
-    "after": {"channels_last": True, "cache": True, "bf16": False},
-    "after_bf16": {"channels_last": True, "cache": True, "bf16": True},
+    "before": {"channels_last": False, "cache": False, "bf16": False, "compile": False},
+    "channels_last": {"channels_last": True, "cache": False, "bf16": False, "compile": False},
+    "cache": {"channels_last": False, "cache": True, "bf16": False, "compile": False},
+    "bf16": {"channels_last": False, "cache": False, "bf16": True, "compile": False},
+    "after": {"channels_last": True, "cache": True, "bf16": False, "compile": False},
+    "after_bf16": {"channels_last": True, "cache": True, "bf16": True, "compile": False},
+    "after_compile": {"channels_last": True, "cache": True, "bf16": False, "compile": True},
 }
 
 
@@ -88,6 +92,8 @@ class _Run:
         self.model = build_detector(backbone=args.backbone, min_size=args.size, max_size=args.size)
         if options["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if options["compile"]:
+            self.model.backbone = torch.compile(self.model.backbone)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=1e-4)
         self.times: list[float] = []
         self.losses: list[float] = []

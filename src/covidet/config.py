@@ -97,6 +97,14 @@ class Settings(BaseSettings):
         300, ge=1, description="seconds before Redis re-delivers the job of a worker that died (Celery)"
     )
     analysis_workers: int = Field(1, ge=1, le=64, description="in-process analysis threads")
+    analysis_batch_size: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="most waiting images an in-process analysis thread runs through the detector together "
+        "(same-size images share forward passes; an idle queue never waits to fill a batch); 1 turns "
+        "batching off",
+    )
     analysis_max_attempts: int = Field(
         3, ge=1, le=20, description="tries per image before it is marked failed"
     )

@@ -153,8 +153,8 @@ def test_images_still_queued_are_requeued_after_a_restart(setup, rg1_dicom: Path
     received: list[int] = []
     done = threading.Event()
 
-    def handler(image_id: int) -> None:
-        received.append(image_id)
+    def handler(image_ids: list[int]) -> None:
+        received.extend(image_ids)
         done.set()
 
     worker_queue = InProcessQueue(handler)

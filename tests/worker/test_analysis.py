@@ -6,6 +6,7 @@ database on both backends.
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,9 +17,10 @@ from sqlalchemy import select
 from covidet import DISCLAIMER
 from covidet.config import get_settings
 from covidet.detection.predictor import Predictor
+from covidet.imaging import read_image
 from covidet.store import Database, Image, ImageStatus, queries
 from covidet.store.models import Alert, Inference, InferenceStatus, TriageRecord, VitalSignRecord
-from covidet.worker.analysis import AnalysisError, analyse_with_retries
+from covidet.worker.analysis import AnalysisError, analyse_batch_with_retries, analyse_with_retries
 from covidet.worker.runtime import build_runtime
 
 
@@ -153,11 +155,11 @@ class _FlakyPredictor:
         self.real, self.failures, self.calls = real, failures, 0
         self.name, self.version, self.card = real.name, real.version, real.card
 
-    def predict(self, images):
+    def predict(self, images, **options):
         self.calls += 1
         if self.calls <= self.failures:
             raise RuntimeError("simulated out-of-memory")
-        return self.real.predict(images)
+        return self.real.predict(images, **options)
 
 
 def test_a_failing_detector_is_retried_with_backoff_then_succeeds(
@@ -216,3 +218,117 @@ def test_triage_thresholds_come_from_settings(tmp_path: Path, monkeypatch) -> No
     with pytest.raises(ValidationError, match="window_minuts"):
         Analyzer(get_settings(home=tmp_path), db, ImageStore(tmp_path / "images"))
     db.dispose()
+
+
+def _val_images(count: int, *, width: int | None = None) -> list[Path]:
+    """``count`` val-split X-rays of the dataset, of one ``width`` when given, in manifest order."""
+    import csv
+
+    from tests.conftest import dataset_root
+
+    root = dataset_root()
+    with (root / "manifest.csv").open(newline="") as handle:
+        rows = [
+            r
+            for r in csv.DictReader(handle)
+            if r["split"] == "val" and (width is None or int(r["width"]) == width)
+        ]
+    assert len(rows) >= count
+    return [root / r["image"] for r in rows[:count]]
+
+
+class _CountingPredictor:
+    """The real predictor, recording how many images each detector call got; ``breaks_on_width`` makes
+    every call that holds an image of that width fail (an image that breaks the detector)."""
+
+    def __init__(self, real: Predictor, breaks_on_width: int | None = None) -> None:
+        self.real, self.breaks_on_width, self.calls = real, breaks_on_width, []
+        self.name, self.version, self.card = real.name, real.version, real.card
+
+    def predict(self, images, **options):
+        self.calls.append(len(images))
+        if any(x.width == self.breaks_on_width for x in images):
+            raise RuntimeError("simulated detector fault on this image")
+        return self.real.predict(images, **options)
+
+
+def test_waiting_images_are_taken_in_batches_in_arrival_order() -> None:
+    from covidet.worker.queue import InProcessQueue
+
+    release, batches = threading.Event(), []
+
+    def handler(image_ids: list[int]) -> None:
+        batches.append(list(image_ids))
+        release.wait(10)
+
+    queue = InProcessQueue(handler, max_batch=4)
+    queue.enqueue(1)
+    _wait_for(lambda: batches == [[1]], timeout=5)  # an idle queue does not wait to fill a batch
+    for image_id in range(2, 8):
+        queue.enqueue(image_id)
+    release.set()
+    _wait_for(lambda: queue.processed == 7, timeout=5)
+    assert batches == [[1], [2, 3, 4, 5], [6, 7]] and queue.batch_sizes == [1, 4, 2]
+    queue.close()
+    with pytest.raises(ValueError, match="at least 1"):
+        InProcessQueue(handler, max_batch=0)
+
+
+def test_a_batch_gets_one_detector_call_and_the_results_of_one_by_one(
+    database_url: str, tmp_path: Path, predictor: Predictor
+) -> None:
+    settings = get_settings(home=tmp_path, database_url=database_url)
+    counting = _CountingPredictor(predictor)
+    runtime = build_runtime(settings, predictor=counting)
+    runtime.queue.close()  # this test drives the jobs itself
+    paths = _val_images(3, width=224) + _val_images(1)  # three of one size, one of another
+    ids = [
+        runtime.ingest.accept(p.read_bytes(), channel="upload", device_id=None, patient_key=f"B-{i}").image_id
+        for i, p in enumerate(paths)
+    ]
+    results = analyse_batch_with_retries(runtime.analyzer, [*ids, ids[0]])  # a duplicate id runs once
+    assert counting.calls == [4]
+    alone = [predictor.predict([read_image(p)])[0] for p in paths]
+    with runtime.db.session() as session:
+        for image_id, expected in zip(ids, alone, strict=True):
+            inference = session.get(Inference, results[image_id])
+            assert inference.image_id == image_id and inference.status == InferenceStatus.SUCCEEDED
+            assert inference.label == expected.assessment.label.value
+            for label, probability in expected.assessment.probabilities.items():
+                assert inference.probabilities[label.value] == pytest.approx(probability, abs=1e-4)
+            assert len(inference.findings) == len(expected.findings)
+            assert session.get(Image, image_id).status == ImageStatus.ANALYSED
+            assert session.scalars(select(TriageRecord).where(TriageRecord.image_id == image_id)).one()
+    runtime.close()
+
+
+def test_an_image_that_breaks_the_batch_fails_alone_and_the_others_are_kept(
+    database_url: str, tmp_path: Path, predictor: Predictor
+) -> None:
+    settings = get_settings(home=tmp_path, database_url=database_url, analysis_max_attempts=2)
+    good = _val_images(3, width=224)
+    odd = next(p for p in _val_images(20) if read_image(p).width != 224)
+    counting = _CountingPredictor(predictor, breaks_on_width=read_image(odd).width)
+    runtime = build_runtime(settings, predictor=counting)
+    runtime.queue.close()
+    ids = [
+        runtime.ingest.accept(p.read_bytes(), channel="upload", device_id=None, patient_key=f"F-{i}").image_id
+        for i, p in enumerate([good[0], good[1], odd, good[2]])
+    ]
+    damaged_id = ids.pop()  # damaged on disk after acceptance: unreadable, fails for good at once
+    with runtime.db.session() as session:
+        stored = runtime.store.path(session.get(Image, damaged_id).path)
+    stored.write_bytes(stored.read_bytes()[:300])
+    delays: list[float] = []
+    results = analyse_batch_with_retries(runtime.analyzer, [*ids, damaged_id], sleep=delays.append)
+    # One call for the batch (it fails on the odd image), then each image alone, then the odd one's retry.
+    assert counting.calls == [3, 1, 1, 1, 1]
+    assert delays == [2.0]
+    assert results[ids[2]] is None and all(results[i] is not None for i in ids[:2])
+    assert results[damaged_id] is None
+    with runtime.db.session() as session:
+        statuses = [session.get(Image, i).status for i in [*ids, damaged_id]]
+        assert statuses == ["analysed", "analysed", "failed", "failed"]
+        failed = session.scalar(select(Inference).where(Inference.image_id == ids[2]))
+        assert failed.attempts == 2 and "simulated detector fault" in failed.error
+    runtime.close()

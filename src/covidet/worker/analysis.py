@@ -6,6 +6,8 @@ findings, then triages the image with the patient's recent vital signs. One infe
 (image, model name, model version): running the job again for an analysed image does nothing, and a
 job that crashed half-way is taken over by the next attempt. ``Analyzer.retriage_patient`` is called
 when new vital signs arrive so that a priority follows the patient's condition.
+``Analyzer.analyse_many(image_ids)`` does the same for several waiting images with one detector call
+(the in-process queue hands a worker thread up to ``settings.analysis_batch_size`` waiting images).
 
 Failures are recorded on the inference (``error``, ``attempts``). An unreadable image fails for good
 at once (retrying cannot help); anything else is retried with exponential backoff up to
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +28,7 @@ from sqlalchemy import select
 
 from covidet import DISCLAIMER
 from covidet.domain import Assessment, Box, Finding, Label, VitalSign
+from covidet.imaging import XRayImage
 from covidet.imaging.reader import ImageReadError, read_image
 from covidet.ingest.storage import ImageStore
 from covidet.store.db import Database
@@ -41,7 +45,7 @@ from covidet.store.models import (
 )
 from covidet.worker.events import EventPublisher
 
-__all__ = ["AnalysisError", "Analyzer", "analyse_with_retries"]
+__all__ = ["AnalysisError", "Analyzer", "analyse_batch_with_retries", "analyse_with_retries"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +59,14 @@ class AnalysisError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Loaded:
+class _Job:
+    """One started attempt: the image, where it is stored, and its running inference."""
+
     image_id: int
     patient_id: int
     path: str
-    width: int | None
+    inference_id: int
+    attempt: int
 
 
 def _vital(row: VitalSignRecord, patient_key: str) -> VitalSign:
@@ -123,13 +130,73 @@ class Analyzer:
         Raises:
             AnalysisError: the attempt failed (already recorded on the inference).
         """
+        outcome = self.analyse_many([image_id])[image_id]
+        if isinstance(outcome, AnalysisError):
+            raise outcome
+        return outcome
+
+    def analyse_many(self, image_ids: Sequence[int]) -> dict[int, int | AnalysisError | None]:
+        """One attempt at each image, with one detector call for all of them; never raises.
+
+        Returns, per image id: the inference id, ``None`` when the image does not exist, or the
+        :class:`AnalysisError` of a failed attempt (already recorded on its inference). Images of the
+        same size share forward passes (:meth:`Predictor.predict` batches them), which is where a backlog
+        is worked through faster (``benchmarks/worker_batch.py``). If the detector fails on the batch,
+        each image is tried alone in the same attempt, so one image that breaks the detector fails only
+        itself.
+        """
         predictor = self.predictor
+        outcomes: dict[int, int | AnalysisError | None] = {}
+        started: list[tuple[_Job, XRayImage, float]] = []
+        for image_id in dict.fromkeys(image_ids):  # a redelivered id in the same batch runs once
+            job = self._start(image_id, predictor)
+            if not isinstance(job, _Job):
+                outcomes[image_id] = job
+                continue
+            began = time.perf_counter()
+            try:
+                xray = read_image(self.store.path(job.path), name=f"image {image_id}")
+            except ImageReadError as exc:
+                outcomes[image_id] = self._fail(job, str(exc), final=True)
+                continue
+            except OSError as exc:
+                outcomes[image_id] = self._fail(job, f"cannot read stored file: {exc}", final=False)
+                continue
+            started.append((job, xray, time.perf_counter() - began))
+        if not started:
+            return outcomes
+        try:
+            xrays = [xray for _, xray, _ in started]
+            predictions: list[Any] = predictor.predict(xrays, batch_size=len(xrays))
+        except Exception as exc:
+            if len(started) == 1:
+                predictions = [exc]
+            else:
+                logger.warning("detector failed on a batch of %d (%r); trying each alone", len(started), exc)
+                predictions = [self._predict_alone(predictor, xray) for _, xray, _ in started]
+        for (job, _, read_seconds), prediction in zip(started, predictions, strict=True):
+            if isinstance(prediction, Exception):
+                final = job.attempt >= self.settings.analysis_max_attempts
+                outcomes[job.image_id] = self._fail(job, f"detector failed: {prediction!r}", final=final)
+            else:
+                outcomes[job.image_id] = self._finish(job, predictor, prediction, read_seconds)
+        return outcomes
+
+    @staticmethod
+    def _predict_alone(predictor: Any, xray: XRayImage) -> Any:
+        try:
+            return predictor.predict([xray])[0]
+        except Exception as exc:
+            return exc
+
+    def _start(self, image_id: int, predictor: Any) -> _Job | int | None:
+        """Mark the (image, model) inference running and count the attempt; returns the job, or the id
+        of an inference that already succeeded (a redelivery), or ``None`` for an unknown image."""
         with self.db.session(write=True) as session:
             image = session.get(Image, image_id)
             if image is None:
                 logger.warning("image %d does not exist; nothing to analyse", image_id)
                 return None
-            loaded = _Loaded(image.id, image.study.patient_id, image.path, image.columns)
             inference = session.scalar(
                 select(Inference).where(
                     Inference.image_id == image_id,
@@ -139,7 +206,7 @@ class Analyzer:
             )
             if inference is not None and inference.status == InferenceStatus.SUCCEEDED.value:
                 logger.info("image %d already analysed by %s %s", image_id, predictor.name, predictor.version)
-                return inference.id
+                return int(inference.id)
             if inference is None:
                 inference = Inference(
                     image_id=image_id, model_name=predictor.name, model_version=predictor.version
@@ -150,27 +217,17 @@ class Analyzer:
             inference.started_at = utcnow()
             inference.error = None
             session.flush()
-            inference_id, attempt = inference.id, inference.attempts
+            return _Job(image.id, image.study.patient_id, image.path, inference.id, inference.attempts)
 
-        started = time.perf_counter()
-        try:
-            xray = read_image(self.store.path(loaded.path), name=f"image {image_id}")
-        except ImageReadError as exc:
-            self._record_failure(inference_id, image_id, str(exc), final=True)
-            raise AnalysisError(str(exc), retryable=False) from exc
-        except OSError as exc:
-            self._record_failure(inference_id, image_id, f"cannot read stored file: {exc}", final=False)
-            raise AnalysisError(str(exc), retryable=True) from exc
-        read_seconds = time.perf_counter() - started
-        try:
-            prediction = predictor.predict([xray])[0]
-        except Exception as exc:
-            final = attempt >= self.settings.analysis_max_attempts
-            self._record_failure(inference_id, image_id, f"detector failed: {exc!r}", final=final)
-            raise AnalysisError(f"detector failed: {exc!r}", retryable=not final) from exc
+    def _fail(self, job: _Job, reason: str, *, final: bool) -> AnalysisError:
+        self._record_failure(job.inference_id, job.image_id, reason, final=final)
+        return AnalysisError(reason, retryable=not final)
 
+    def _finish(self, job: _Job, predictor: Any, prediction: Any, read_seconds: float) -> int:
+        """Store the findings and assessment, publish, triage and forward; returns the inference id."""
+        image_id = job.image_id
         with self.db.session(write=True) as session:
-            inference = session.get(Inference, inference_id)
+            inference = session.get(Inference, job.inference_id)
             assert inference is not None
             inference.findings = [
                 FindingRecord(
@@ -210,7 +267,7 @@ class Analyzer:
             {
                 "type": "analysed",
                 "image_id": image_id,
-                "patient_id": loaded.patient_id,
+                "patient_id": job.patient_id,
                 "label": str(prediction.assessment.label),
                 "model": {"name": predictor.name, "version": predictor.version},
                 "disclaimer": DISCLAIMER,
@@ -219,7 +276,7 @@ class Analyzer:
         self.triage_image(image_id)
         if getattr(self.settings, "pacs_host", None):
             self._forward(image_id)
-        return inference_id
+        return job.inference_id
 
     def _forward(self, image_id: int) -> None:
         """Send the DICOM report to the configured PACS; a PACS outage never fails the analysis."""
@@ -393,16 +450,39 @@ class Analyzer:
 
 def analyse_with_retries(analyzer: Analyzer, image_id: int, *, sleep: Any = time.sleep) -> int | None:
     """Run :meth:`Analyzer.analyse` with bounded exponential backoff (the in-process queue's policy)."""
+    return analyse_batch_with_retries(analyzer, [image_id], sleep=sleep)[image_id]
+
+
+def analyse_batch_with_retries(
+    analyzer: Analyzer, image_ids: Sequence[int], *, sleep: Any = time.sleep
+) -> dict[int, int | None]:
+    """The first attempt at every image in one :meth:`Analyzer.analyse_many` call, then each image that
+    failed in a retryable way alone, with bounded exponential backoff (the in-process queue's policy).
+
+    Returns, per image id, the inference id, or ``None`` when the image does not exist or was given up
+    on (then marked failed, its reason kept on the inference).
+    """
+    results: dict[int, int | None] = {}
+    for image_id, outcome in analyzer.analyse_many(image_ids).items():
+        results[image_id] = (
+            _retry(analyzer, image_id, outcome, sleep) if isinstance(outcome, AnalysisError) else outcome
+        )
+    return results
+
+
+def _retry(analyzer: Analyzer, image_id: int, error: AnalysisError, sleep: Any) -> int | None:
+    """Retry ``image_id`` after its first attempt failed with ``error``."""
     settings = analyzer.settings
     delay = float(settings.analysis_retry_seconds)
-    for attempt in range(1, settings.analysis_max_attempts + 1):
+    attempt = 1
+    while error.retryable and attempt < settings.analysis_max_attempts:
+        logger.info("retrying image %d in %.1f s (attempt %d failed)", image_id, delay, attempt)
+        sleep(delay)
+        delay *= 2
+        attempt += 1
         try:
             return analyzer.analyse(image_id)
         except AnalysisError as exc:
-            if not exc.retryable or attempt == settings.analysis_max_attempts:
-                analyzer.mark_failed(image_id, str(exc))
-                return None
-            logger.info("retrying image %d in %.1f s (attempt %d failed)", image_id, delay, attempt)
-            sleep(delay)
-            delay *= 2
+            error = exc
+    analyzer.mark_failed(image_id, str(error))
     return None

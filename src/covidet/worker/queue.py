@@ -4,9 +4,9 @@ The database is the source of truth: an accepted image is recorded with status `
 it is enqueued, so a lost in-memory queue (crash, restart) loses no work: :func:`requeue_pending`
 puts every still-queued image back at start-up.
 
-The default queue runs jobs on threads inside the receiving process (embedded deployment). The
-analysis job itself arrives with the assessment issue; until then the queue is drained by
-``handler=None``, which only counts and logs, leaving images ``queued`` in the database.
+The default queue runs jobs on threads inside the receiving process (embedded deployment), handing
+each thread the images that wait, a batch at a time (:class:`InProcessQueue`). A queue made with
+``handler=None`` (tests, the API-only process) only counts, leaving images ``queued`` in the database.
 """
 
 from __future__ import annotations
@@ -34,20 +34,34 @@ class AnalysisQueue(Protocol):
 
 
 class InProcessQueue:
-    """A thread-safe FIFO drained by ``workers`` daemon threads calling ``handler(image_id)``.
+    """A thread-safe FIFO drained by ``workers`` daemon threads calling ``handler(image_ids)``.
 
-    ``handler=None`` keeps the ids (``enqueued`` counts them) for a consumer that is not there yet.
-    A handler that raises is logged; the job's own retry policy belongs to the handler.
+    A thread blocks for one id, then takes whatever else is already waiting, up to ``max_batch`` ids in
+    all, and hands them over in arrival order: an idle queue analyses each image as it comes (no wait to
+    fill a batch), a backlog is worked through in batches. ``handler=None`` keeps the ids (``enqueued``
+    counts them) for a consumer that is not there yet. A handler that raises is logged; the job's own
+    retry policy belongs to the handler.
     """
 
-    def __init__(self, handler: Callable[[int], None] | None = None, *, workers: int = 1) -> None:
+    def __init__(
+        self,
+        handler: Callable[[list[int]], None] | None = None,
+        *,
+        workers: int = 1,
+        max_batch: int = 1,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._handler = handler
+        self._max_batch = max_batch
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.enqueued = 0
         self.processed = 0
+        #: Sizes of the batches handed to the handler, in order (what a backlog turned into).
+        self.batch_sizes: list[int] = []
         if handler is not None:
             for index in range(workers):
                 thread = threading.Thread(target=self._run, name=f"covidet-analysis-{index}", daemon=True)
@@ -64,19 +78,38 @@ class InProcessQueue:
         """Jobs waiting (not yet taken by a worker thread)."""
         return self._queue.qsize()
 
+    def _take(self) -> list[int] | None:
+        """The next batch, or ``None`` when the queue is closing."""
+        first = self._queue.get()
+        if first is None or self._closing.is_set():
+            return None
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:  # a stop marker meant for this or another thread: leave it for them
+                self._queue.put(None)
+                break
+            batch.append(more)
+        return batch
+
     def _run(self) -> None:
         assert self._handler is not None
         while not self._closing.is_set():
-            image_id = self._queue.get()
-            if image_id is None or self._closing.is_set():
+            batch = self._take()
+            if batch is None:
                 return
+            with self._lock:
+                self.batch_sizes.append(len(batch))
             try:
-                self._handler(image_id)
+                self._handler(batch)
             except Exception:
-                logger.exception("analysis of image %d failed", image_id)
+                logger.exception("analysis of image(s) %s failed", ", ".join(map(str, batch)))
             finally:
                 with self._lock:
-                    self.processed += 1
+                    self.processed += len(batch)
 
     def close(self, timeout: float = 120.0) -> None:
         """Stop the worker threads: jobs in progress finish (up to ``timeout`` seconds); jobs still

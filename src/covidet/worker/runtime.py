@@ -14,7 +14,7 @@ from typing import Any
 from covidet.ingest.service import ImageIngest
 from covidet.ingest.storage import ImageStore
 from covidet.store.db import Database
-from covidet.worker.analysis import Analyzer, analyse_with_retries
+from covidet.worker.analysis import Analyzer, analyse_batch_with_retries
 from covidet.worker.events import EventPublisher, InProcessEvents, RedisEvents
 from covidet.worker.queue import AnalysisQueue, InProcessQueue, requeue_pending
 
@@ -65,11 +65,17 @@ def build_runtime(
         analyzer = Analyzer(settings, db, store, events=events, predictor=predictor)
         bound = analyzer
 
-        def handle(image_id: int) -> None:
-            analyse_with_retries(bound, image_id)
+        def handle(image_ids: list[int]) -> None:
+            analyse_batch_with_retries(bound, image_ids)
 
-        queue = InProcessQueue(handle, workers=settings.analysis_workers)
-        logger.info("analysis runs in this process (%d thread(s))", settings.analysis_workers)
+        queue = InProcessQueue(
+            handle, workers=settings.analysis_workers, max_batch=settings.analysis_batch_size
+        )
+        logger.info(
+            "analysis runs in this process (%d thread(s), batches of up to %d waiting images)",
+            settings.analysis_workers,
+            settings.analysis_batch_size,
+        )
     ingest = ImageIngest(
         db, store, queue, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
     )
