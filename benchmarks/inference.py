@@ -35,7 +35,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -331,13 +330,7 @@ def main() -> None:
             "mean_detections_torch": statistics.fmean(detections),
             "images": files,
             "repeat": args.repeat,
-            "machine": {
-                "processor": platform.processor() or platform.machine(),
-                "cpus": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(),
-                "cpu_flags": section["machine"]["cpu_flags"],
-                "software": section["software"],
-            },
+            "machine": section["machine"] | {"software": section["software"]},
             "load_average_before": list(load_before),
             "load_average_after": list(os.getloadavg()),
             "check": section["check"],

@@ -17,7 +17,10 @@ Configurations (``--configs``; default ``before after``):
 * ``cache``: ``before`` + :class:`covidet.detection.train.CommonScaleCache` (each image decoded and
   resized to the common scale once, then augmented from memory).
 * ``bf16``: ``before`` + bf16 autocast on CPU (``covidet train --amp``; CPUs with bf16 instructions).
-* ``after``: what ``covidet train`` does now by default (channels_last + cache).
+* ``roi_align``: ``before`` + :class:`covidet.detection.roi_align.FastMultiScaleRoIAlign` (RoIAlign as
+  one vectorised gather; ``before`` runs torchvision's ``MultiScaleRoIAlign``, whose CPU backward
+  scatters one value at a time on one thread).
+* ``after``: what ``covidet train`` does now by default (channels_last + cache + roi_align).
 * ``after_bf16``: ``after`` + ``--amp``.
 * ``after_compile``: ``after`` + ``torch.compile`` of the backbone and FPN (the static-shaped part;
   the RPN and RoI heads are data-dependent). Its compilations, and the recompilation when a new input
@@ -33,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,23 +45,27 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from torchvision.ops import MultiScaleRoIAlign
 
 from covidet.detection.data import DetectionDataset, collate_detection, load_records
 from covidet.detection.engine import train_one_epoch
+from covidet.detection.export import machine_info
 from covidet.detection.model import build_detector
 from covidet.detection.train import BalancedSampler, CommonScaleCache, _worker_init, cpu_supports_bf16
 from covidet.detection.transforms import build_train_transform
 from covidet.domain import Label
 
 REPO = Path(__file__).resolve().parents[1]
+_OFF = {"channels_last": False, "cache": False, "bf16": False, "compile": False, "roi_align": False}
 CONFIGS: dict[str, dict[str, bool]] = {
-    "before": {"channels_last": False, "cache": False, "bf16": False, "compile": False},
-    "channels_last": {"channels_last": True, "cache": False, "bf16": False, "compile": False},
-    "cache": {"channels_last": False, "cache": True, "bf16": False, "compile": False},
-    "bf16": {"channels_last": False, "cache": False, "bf16": True, "compile": False},
-    "after": {"channels_last": True, "cache": True, "bf16": False, "compile": False},
-    "after_bf16": {"channels_last": True, "cache": True, "bf16": True, "compile": False},
-    "after_compile": {"channels_last": True, "cache": True, "bf16": False, "compile": True},
+    "before": _OFF,
+    "channels_last": _OFF | {"channels_last": True},
+    "cache": _OFF | {"cache": True},
+    "bf16": _OFF | {"bf16": True},
+    "roi_align": _OFF | {"roi_align": True},
+    "after": _OFF | {"channels_last": True, "cache": True, "roi_align": True},
+    "after_bf16": _OFF | {"channels_last": True, "cache": True, "roi_align": True, "bf16": True},
+    "after_compile": _OFF | {"channels_last": True, "cache": True, "roi_align": True, "compile": True},
 }
 
 
@@ -90,6 +96,8 @@ class _Run:
             persistent_workers=args.workers > 0,
         )
         self.model = build_detector(backbone=args.backbone, min_size=args.size, max_size=args.size)
+        if not options["roi_align"]:  # torchvision's own pooler, as covidet used before
+            self.model.roi_heads.box_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
         if options["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         if options["compile"]:
@@ -201,13 +209,7 @@ def main() -> None:
         "size": args.size,
         "batch": args.batch,
         "workers": args.workers,
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "bf16": cpu_supports_bf16(),
-        },
+        "machine": machine_info() | {"torch": torch.__version__, "bf16": cpu_supports_bf16()},
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
         "results": results,

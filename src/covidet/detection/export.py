@@ -456,18 +456,22 @@ def _bf16_supported() -> bool:
         return False
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
+    """The CPU a measurement ran on: model name, relevant instruction sets, cores, threads, load."""
     flags: list[str] = []
+    model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
                 wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
                 flags = [f for f in line.split(":", 1)[1].split() if f in wanted]
-                break
     except OSError:
         pass
     return {
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": model or None,
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "cpu_flags": flags,
@@ -680,7 +684,7 @@ def export_bundle(
         else None,
         "fastest_passing": fastest.name if fastest else None,
         "variants": entries,
-        "machine": _machine(),
+        "machine": machine_info(),
         "software": _versions(),
         "note": "artefacts are made by `covidet export` and are not kept in git; without them the "
         "predictor runs torch",
