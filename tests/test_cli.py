@@ -246,6 +246,21 @@ def test_predict_dicom_png_and_jpeg_with_the_shipped_bundle(
     assert len(list(draw.glob("*.png"))) == 3
 
 
+def test_predict_draws_a_grad_cam_per_finding(shipped_bundle: Path, data_root: Path, tmp_path: Path) -> None:
+    xray = data_root / "images" / "covid19" / sorted(os.listdir(data_root / "images" / "covid19"))[0]
+    draw = tmp_path / "drawn"
+    refused = run([*COVIDET, "predict", str(xray), "--saliency"], data_root)
+    assert refused.returncode != 0 and "--saliency needs --draw" in refused.stderr
+    result = run([*COVIDET, "predict", str(xray), "--draw", str(draw), "--saliency"], data_root)
+    assert result.returncode == 0, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["findings"], "this X-ray has findings to explain"
+    for number, finding in enumerate(record["findings"]):
+        assert finding["saliency"] == str(draw / f"0000_{xray.stem}_gradcam{number}.png")
+        with Image.open(finding["saliency"]) as picture, Image.open(xray) as original:
+            assert picture.size == original.size  # drawn over the original pixels
+
+
 def test_predict_corrupt_file_is_one_line_error_without_traceback(
     shipped_bundle: Path, data_root: Path, tmp_path: Path, rg1_dicom: Path
 ) -> None:

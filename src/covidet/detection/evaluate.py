@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -18,9 +19,11 @@ from covidet.detection.data import DetectionDataset, ImageRecord, collate_detect
 from covidet.detection.decision import DEFAULT_THRESHOLD, assess
 from covidet.detection.engine import evaluate_detections, run_inference
 from covidet.detection.metrics import ImageDetections, disease_boxes_on_lungs, save_metric_plots
+from covidet.detection.predictor import DEFAULT_MIN_SCORE
 from covidet.detection.transforms import Compose, DownsampleRoundTrip, ResizeLongerSide
+from covidet.domain import CLASS_NAMES
 
-__all__ = ["evaluate_bundle", "infer_records"]
+__all__ = ["evaluate_bundle", "infer_records", "saliency_on_lungs"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,70 @@ def infer_records(
     return run_inference(model, loader, device=torch.device(device), show_progress=show_progress, desc=desc)
 
 
+def saliency_on_lungs(
+    model: torch.nn.Module,
+    records: list[ImageRecord],
+    predictions: list[ImageDetections],
+    ground_truth: list[ImageDetections],
+    *,
+    size: int,
+    min_score: float = DEFAULT_MIN_SCORE,
+    per_image: int = 2,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Where the evidence for disease findings lies: Grad-CAM mass inside the annotated lung boxes.
+
+    For each image with lung boxes, its ``per_image`` highest-scoring covid19/pneumonia detections
+    scoring at least ``min_score`` are explained (:func:`covidet.detection.saliency.finding_grad_cam`);
+    ``mass_in_lungs`` is the share of each map inside the union of the image's lung boxes. The chance
+    level is ``lung_area_share``, the share of the image those boxes cover: a map spread evenly would
+    score that. Returns per class (``covid19``, ``pneumonia``) ``findings``, the median and mean of both,
+    and ``not_reproduced`` (detections that did not come back with gradients on). Boxes and maps are in
+    the model input's pixels (``predictions``/``ground_truth`` from :func:`infer_records`).
+    """
+    from tqdm import tqdm
+
+    from covidet.detection.saliency import finding_grad_cam, mass_inside
+
+    dataset = DetectionDataset(records, Compose([ResizeLongerSide(size)]))
+    shares: dict[str, list[tuple[float, float]]] = {"covid19": [], "pneumonia": []}
+    not_reproduced = 0
+    boxed = [i for i, truth in enumerate(ground_truth) if len(truth.boxes)]
+    for index in tqdm(boxed, desc="saliency", unit="image", disable=not show_progress):
+        prediction, truth = predictions[index], ground_truth[index]
+        assert prediction.scores is not None
+        disease = [
+            j
+            for j in np.argsort(-prediction.scores)
+            if prediction.scores[j] >= min_score and CLASS_NAMES[prediction.labels[j] - 1] in shares
+        ][:per_image]
+        if not disease:
+            continue
+        image, _ = dataset[index]
+        lungs = torch.as_tensor(truth.boxes, dtype=torch.float32)
+        area = float(mass_inside(torch.ones(image.shape[-2:]), lungs))
+        for j in disease:
+            box = torch.as_tensor(prediction.boxes[j], dtype=torch.float32)
+            heat = finding_grad_cam(model, image, box, int(prediction.labels[j]))
+            if heat is None:
+                not_reproduced += 1
+                continue
+            shares[CLASS_NAMES[prediction.labels[j] - 1]].append((mass_inside(heat, lungs), area))
+    summary: dict[str, Any] = {"method": "grad-cam", "min_score": min_score, "per_image": per_image}
+    for name, values in shares.items():
+        inside = np.array([v[0] for v in values])
+        area = np.array([v[1] for v in values])
+        summary[name] = {
+            "findings": len(values),
+            "mass_in_lungs_median": float(np.median(inside)) if len(values) else None,
+            "mass_in_lungs_mean": float(inside.mean()) if len(values) else None,
+            "lung_area_share_median": float(np.median(area)) if len(values) else None,
+            "lung_area_share_mean": float(area.mean()) if len(values) else None,
+        }
+    summary["not_reproduced"] = not_reproduced
+    return summary
+
+
 def evaluate_bundle(
     bundle: str | os.PathLike,
     *,
@@ -54,13 +121,16 @@ def evaluate_bundle(
     device: str = "cpu",
     show_progress: bool = True,
     stability_side: int | None = 224,
+    saliency: bool = False,
 ) -> dict[str, Any]:
     """Run ``bundle`` on every image of ``split`` and compute box and image-level metrics.
 
     Also reports accuracy per data source (``per_source``: a model that reads the source instead of the
     lungs shows it here) and, unless ``stability_side`` is ``None``, ``stability``: the share of images
     whose label is unchanged when the image is down-sampled to ``stability_side`` px and back up, and
-    ``disease_boxes_on_lungs``: the IoU of covid19/pneumonia boxes with the annotated lung boxes.
+    ``disease_boxes_on_lungs``: the IoU of covid19/pneumonia boxes with the annotated lung boxes. With
+    ``saliency``, ``saliency_on_lungs`` (:func:`saliency_on_lungs`): how much of each disease finding's
+    Grad-CAM lies on the annotated lungs (slow: a few seconds per finding).
 
     Writes ``report.json`` and ``confusion_matrix.png``, ``roc.png``, ``reliability.png`` into
     ``out_dir`` when given. The threshold defaults to the model card's.
@@ -116,6 +186,13 @@ def evaluate_bundle(
         "per_source": per_source,
         "disease_boxes_on_lungs": disease_boxes_on_lungs(predictions, ground_truth),
         "stability": stability,
+        "saliency_on_lungs": (
+            saliency_on_lungs(
+                model, records, predictions, ground_truth, size=size, show_progress=show_progress
+            )
+            if saliency
+            else None
+        ),
         "seconds_per_image": round(seconds, 4),
         "disclaimer": DISCLAIMER,
     }

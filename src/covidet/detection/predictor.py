@@ -23,7 +23,7 @@ from covidet.detection.transforms import resize_image
 from covidet.domain import Assessment, Box, Finding, label_from_model_id
 from covidet.imaging import XRayImage
 
-__all__ = ["DEFAULT_MIN_SCORE", "Prediction", "Predictor", "draw_prediction"]
+__all__ = ["DEFAULT_MIN_SCORE", "Prediction", "Predictor", "draw_prediction", "draw_saliency"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,41 @@ class Predictor:
     def version(self) -> str:
         return str(self.card.get("version", "unknown"))
 
+    def _model_input(self, xray: XRayImage) -> tuple[torch.Tensor, tuple[float, float]]:
+        """The model's input ``[3, h, w]`` (longer side = input size) and the (x, y) scale back to the
+        original pixels."""
+        pixels = torch.from_numpy(np.ascontiguousarray(xray.pixels, np.float32))[None]
+        resized = resize_image(pixels, self.input_size)
+        return resized.expand(3, -1, -1), (xray.width / resized.shape[-1], xray.height / resized.shape[-2])
+
+    def explain(self, xray: XRayImage, prediction: Prediction) -> list[np.ndarray | None]:
+        """Grad-CAM map of each finding of ``prediction`` (made by :meth:`predict` on ``xray``).
+
+        One float32 ``[height, width]`` array in ``[0, 1]`` (peak 1 unless all zero) per finding, at the
+        X-ray's original size, or ``None`` for a finding the model does not reproduce. Needs the torch
+        backend (gradients); see :mod:`covidet.detection.saliency` for the method and its limits.
+        """
+        from covidet.detection.saliency import finding_grad_cam, resize_map
+        from covidet.domain import model_id_from_label
+
+        if self.backend != "torch":
+            raise ValueError(f"saliency maps need the torch backend, not {self.backend}")
+        image, (sx, sy) = self._model_input(xray)
+        maps: list[np.ndarray | None] = []
+        for finding in prediction.findings:
+            x1, y1, x2, y2 = finding.box.as_list()
+            box = torch.tensor([x1 / sx, y1 / sy, x2 / sx, y2 / sy])
+            heat = finding_grad_cam(
+                self.model, image.to(self.device), box, model_id_from_label(finding.label)
+            )
+            if heat is None:
+                maps.append(None)
+                continue
+            heat = resize_map(heat, xray.height, xray.width).clamp(min=0.0)
+            peak = float(heat.max())
+            maps.append((heat / peak if peak > 0 else heat).numpy())  # peak 1 again after resampling
+        return maps
+
     @torch.inference_mode()
     def predict(self, images: Sequence[XRayImage], *, batch_size: int = 4) -> list[Prediction]:
         """Predict each image; order is preserved.
@@ -156,10 +191,9 @@ class Predictor:
         """
         tensors, scales = [], []
         for xray in images:
-            pixels = torch.from_numpy(np.ascontiguousarray(xray.pixels, np.float32))[None]
-            resized = resize_image(pixels, self.input_size)
-            tensors.append(resized.expand(3, -1, -1))
-            scales.append((xray.width / resized.shape[-1], xray.height / resized.shape[-2]))
+            tensor, scale = self._model_input(xray)
+            tensors.append(tensor)
+            scales.append(scale)
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, tensor in enumerate(tensors):
             groups[tuple(tensor.shape)].append(index)
@@ -264,7 +298,39 @@ def draw_prediction(xray: XRayImage, prediction: Prediction, path: str | os.Path
         f"p={prediction.assessment.probabilities[prediction.assessment.label]:.2f} - {DISCLAIMER}"
     )
     ImageDraw.Draw(picture).text((8, 8), caption, fill=(255, 255, 0))
+    return _save(picture, path)
+
+
+def _save(picture: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
     return path
+
+
+def draw_saliency(
+    xray: XRayImage, finding: Finding, heatmap: np.ndarray, path: str | os.PathLike, *, model_version: str
+) -> Path:
+    """Write a PNG of the X-ray with ``heatmap`` (``[height, width]`` in ``[0, 1]``, e.g. from
+    :meth:`Predictor.explain`) blended over it in the ``inferno`` colour map, the finding's box drawn,
+    and a caption naming the method, the model version and the not-for-clinical-use marker."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    gray = xray.to_uint8().astype(np.float32)[..., None].repeat(3, axis=2)
+    colour = colormaps["inferno"](np.clip(heatmap, 0.0, 1.0))[..., :3] * 255.0
+    # Weak saliency stays transparent so the anatomy under it remains readable.
+    alpha = 0.6 * np.clip(heatmap, 0.0, 1.0)[..., None]
+    blended = (gray * (1.0 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
+    image = torch.from_numpy(blended).permute(2, 0, 1).contiguous()
+    image = draw_bounding_boxes(
+        image,
+        torch.tensor([finding.box.as_list()], dtype=torch.float32),
+        labels=[f"{finding.label.value} {finding.score:.2f}"],
+        colors=[_COLOURS[finding.label.value]],
+        width=max(2, round(max(xray.width, xray.height) / 300)),
+    )
+    picture = Image.fromarray(image.permute(1, 2, 0).numpy())
+    caption = f"Grad-CAM of {finding.label.value} {finding.score:.2f}, model {model_version} - {DISCLAIMER}"
+    ImageDraw.Draw(picture).text((8, 8), caption, fill=(255, 255, 0))
+    return _save(picture, path)
