@@ -1,0 +1,111 @@
+"""How the box evidence is aggregated per class: the shipped max-score rule against sums over both lungs.
+
+    python benchmarks/decision_rules.py --out benchmarks/results/decision_rules.json
+
+The decision rule (``covidet.detection.decision``) reads, per class, the highest score of a detection of
+that class. A Covid-19 image usually has two lungs, each with its own box; this script asks whether
+evidence combined over both boxes decides better. Aggregations of the scores ``s`` of one class's
+detections on one image:
+
+* ``max``: ``max(s)`` (the shipped rule, ``max-score-v1``);
+* ``noisy_or``: ``1 - prod(1 - s)``;
+* ``top2_mean``: mean of the two highest (one box counts half);
+* ``sum_top2``: sum of the two highest, capped at 1.
+
+Each is scored on the val split with the shipped model at the rule's default threshold 0.5 and
+cross-fitted (5 patient folds; threshold for 97.5% Covid-19 sensitivity and temperature fitted on the
+other folds), exactly as ``covidet calibrate`` does. It is model selection on val: the figures are
+reported for every rule, not just the winner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from covidet.detection.bundle import default_bundle_path, load_bundle
+from covidet.detection.calibrate import cross_fitted_metrics, patient_folds
+from covidet.detection.data import load_records
+from covidet.detection.decision import decision_weights, labels_at, scaled_probabilities
+from covidet.detection.evaluate import infer_records
+from covidet.detection.metrics import ImageDetections, image_level_metrics
+from covidet.domain import CLASS_NAMES, model_id_from_label
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def aggregate(detections: ImageDetections, how: str) -> np.ndarray:
+    """Evidence ``[3]`` (CLASS_NAMES order) from one image's detections by the aggregation ``how``."""
+    assert detections.scores is not None
+    evidence = np.zeros(len(CLASS_NAMES))
+    for index in range(len(CLASS_NAMES)):
+        scores = np.sort(detections.scores[detections.labels == index + 1])[::-1]
+        if len(scores) == 0:
+            continue
+        if how == "max":
+            evidence[index] = scores[0]
+        elif how == "noisy_or":
+            evidence[index] = 1.0 - np.prod(1.0 - scores)
+        elif how == "top2_mean":
+            evidence[index] = scores[:2].sum() / 2.0
+        elif how == "sum_top2":
+            evidence[index] = min(1.0, float(scores[:2].sum()))
+        else:
+            raise ValueError(how)
+    return evidence
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=None, help="bundle (default: the shipped one)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decision_rules.json"))
+    args = parser.parse_args()
+    data = Path(os.environ.get("COVIDET_DATA", REPO.parent / "shared" / "data" / "cxr"))
+    if not (data / "manifest.csv").is_file():
+        sys.exit("set COVIDET_DATA to the chest X-ray dataset folder")
+    bundle = args.model or default_bundle_path()
+    model, card = load_bundle(bundle)
+    records = load_records(data, split="val")
+    predictions, *_ = infer_records(model, records, size=int(card["architecture"]["max_size"]))
+    truth = np.array([model_id_from_label(r.label) - 1 for r in records])
+    folds = patient_folds(records, 5)
+    results = {}
+    for how in ("max", "noisy_or", "top2_mean", "sum_top2"):
+        evidence = np.stack([aggregate(p, how) for p in predictions])
+        at_default = image_level_metrics(
+            truth, scaled_probabilities(decision_weights(evidence)), y_pred=labels_at(evidence, 0.5)
+        )
+        crossed = cross_fitted_metrics(evidence, truth, folds, target_covid_sensitivity=0.975)
+        results[how] = {
+            "threshold_0.5": {
+                "accuracy": at_default["accuracy"],
+                "macro_f1": at_default["macro_f1"],
+                "covid19_sensitivity": at_default["per_class"]["covid19"]["sensitivity"],
+                "covid19_specificity": at_default["per_class"]["covid19"]["specificity"],
+            },
+            "cross_fitted_for_0.975": {k: v for k, v in crossed.items() if k != "folds"},
+        }
+        print(how, json.dumps(results[how]), flush=True)
+    report = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]),
+        "model": {"name": card.get("name"), "version": card.get("version")},
+        "split": "val",
+        "images": len(records),
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
