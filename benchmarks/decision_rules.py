@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _report import write_report  # benchmarks/ is on sys.path when a script runs
 from covidet.detection.bundle import default_bundle_path, load_bundle
 from covidet.detection.calibrate import cross_fitted_metrics, patient_folds
 from covidet.detection.data import load_records
@@ -102,9 +103,7 @@ def main() -> None:
         "images": len(records),
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from _report import write_report  # benchmarks/ is on sys.path when a script runs
 from covidet.detection.bundle import default_bundle_path, load_bundle
 from covidet.detection.data import DetectionDataset, load_records
 from covidet.detection.model import build_detector
@@ -145,9 +146,7 @@ def main() -> None:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

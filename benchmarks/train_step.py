@@ -34,7 +34,6 @@ machine load; the first block of each is a warm-up and is not timed. Medians; ra
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -47,6 +46,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.ops import MultiScaleRoIAlign
 
+from _report import write_report  # benchmarks/ is on sys.path when a script runs
 from covidet.detection.data import DetectionDataset, collate_detection, load_records
 from covidet.detection.engine import train_one_epoch
 from covidet.detection.export import machine_info
@@ -214,9 +214,7 @@ def main() -> None:
         "load_average_after": list(os.getloadavg()),
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":
