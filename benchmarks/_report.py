@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,3 +15,20 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def model_benchmark_args(description: str, default_out: str) -> tuple[argparse.Namespace, Path]:
+    """Parse ``--model BUNDLE`` (default: the shipped one) and ``--out FILE``; return them with the
+    dataset folder (``$COVIDET_DATA`` or ``../shared/data/cxr``), exiting with a message when it is absent."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=None, help="bundle (default: the shipped one)")
+    parser.add_argument("--out", type=Path, default=Path(default_out))
+    args = parser.parse_args()
+    data = Path(
+        os.environ.get("COVIDET_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr")
+    )
+    if not (data / "manifest.csv").is_file():
+        sys.exit("set COVIDET_DATA to the chest X-ray dataset folder")
+    return args, data

@@ -20,16 +20,13 @@ reported for every rule, not just the winner.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
-from _report import write_report  # benchmarks/ is on sys.path when a script runs
+from _report import model_benchmark_args, write_report  # benchmarks/ is on sys.path when a script runs
 from covidet.detection.bundle import default_bundle_path, load_bundle
 from covidet.detection.calibrate import cross_fitted_metrics, patient_folds
 from covidet.detection.data import load_records
@@ -37,8 +34,6 @@ from covidet.detection.decision import decision_weights, labels_at, scaled_proba
 from covidet.detection.evaluate import infer_records
 from covidet.detection.metrics import ImageDetections, image_level_metrics
 from covidet.domain import CLASS_NAMES, model_id_from_label
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def aggregate(detections: ImageDetections, how: str) -> np.ndarray:
@@ -63,15 +58,7 @@ def aggregate(detections: ImageDetections, how: str) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", type=Path, default=None, help="bundle (default: the shipped one)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decision_rules.json"))
-    args = parser.parse_args()
-    data = Path(os.environ.get("COVIDET_DATA", REPO.parent / "shared" / "data" / "cxr"))
-    if not (data / "manifest.csv").is_file():
-        sys.exit("set COVIDET_DATA to the chest X-ray dataset folder")
+    args, data = model_benchmark_args(__doc__, "benchmarks/results/decision_rules.json")
     bundle = args.model or default_bundle_path()
     model, card = load_bundle(bundle)
     records = load_records(data, split="val")
