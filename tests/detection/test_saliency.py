@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from covidet.detection.bundle import default_bundle_path, load_bundle
 from covidet.detection.data import load_records
+from covidet.detection.evaluate import infer_records, saliency_on_lungs
 from covidet.detection.predictor import Predictor, draw_saliency
 from covidet.detection.saliency import finding_grad_cam, mass_inside
 from covidet.imaging import read_image
@@ -57,3 +59,27 @@ def test_accelerated_backends_refuse_to_explain(two_lung_prediction) -> None:
     accelerated = Predictor(predictor.model, predictor.card, backend="openvino-fp32")
     with pytest.raises(ValueError, match="torch backend"):
         accelerated.explain(xray, prediction)
+
+
+def test_evaluate_measures_saliency_on_the_annotated_lungs(data_root) -> None:
+    model, card = load_bundle(default_bundle_path())
+    size = int(card["architecture"]["max_size"])
+    records = [
+        r for r in load_records(data_root, split="val") if len(r.boxes) and r.label.value == "covid19"
+    ][:4]
+    predictions, truth, _, _ = infer_records(model, records, size=size, show_progress=False)
+    summary = saliency_on_lungs(model, records, predictions, truth, size=size, show_progress=False)
+    covid = summary["covid19"]
+    assert summary["not_reproduced"] == 0
+    assert 1 <= covid["findings"] <= 2 * len(records)
+    assert 0.0 <= covid["mass_in_lungs_median"] <= 1.0
+    # Chance level: the share of the image the lung boxes cover, strictly between nothing and everything.
+    assert 0.2 < covid["lung_area_share_median"] < 1.0
+    # With no lung boxes there is nothing to measure against.
+    empty = [type(t)(t.image_id, t.boxes[:0], t.labels[:0]) for t in truth]
+    assert (
+        saliency_on_lungs(model, records, predictions, empty, size=size, show_progress=False)["covid19"][
+            "findings"
+        ]
+        == 0
+    )
