@@ -175,6 +175,52 @@ def test_evaluate_writes_report_and_plots(trained_run: Path, data_root: Path, tm
             assert picture.size[0] > 100
 
 
+def test_train_with_image_head_bundles_it_and_evaluate_uses_rule_two(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    trained = run(
+        [
+            *COVIDET,
+            "train",
+            *TINY_TRAIN,
+            "--epochs",
+            "1",
+            "--image-head",
+            "--image-weight",
+            "0.4",
+            "--out",
+            str(out),
+        ],
+        data_root,
+    )
+    assert trained.returncode == 0, trained.stderr
+    card = read_model_card(out / "bundle")
+    assert card["architecture"]["image_head"] is True
+    assert card["decision"]["rule"] == "max-score-v2" and card["decision"]["image_weight"] == 0.4
+    with (out / "metrics.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert float(row["train_loss_image"]) > 0
+    evaluated = run(
+        [
+            *COVIDET,
+            "evaluate",
+            "--model",
+            str(out / "bundle"),
+            "--tier",
+            "tiny",
+            "--split",
+            "train",
+            "--stability-side",
+            "0",
+            "--no-progress",
+        ],
+        data_root,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["decision"]["rule"] == "max-score-v2" and report["decision"]["image_weight"] == 0.4
+    assert report["image"]["n"] == 24
+
+
 def test_bad_dataset_path_is_one_line_error(data_root: Path, tmp_path: Path) -> None:
     result = run([*COVIDET, "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)], data_root)
     assert result.returncode == 2

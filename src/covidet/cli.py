@@ -111,6 +111,13 @@ def train(
         bool, typer.Option(help="leave box-less covid19/pneumonia images out of training")
     ] = True,
     augment: Annotated[bool, typer.Option(help="augmentation against resolution/contrast shortcuts")] = True,
+    image_head: Annotated[
+        bool, typer.Option(help="also train an image-level head beside the box head (decision rule v2)")
+    ] = False,
+    image_loss_weight: Annotated[float, typer.Option(help="weight of the image head's loss")] = 1.0,
+    image_weight: Annotated[
+        float, typer.Option(help="with --image-head: the image head's share of the decision evidence")
+    ] = 0.5,
     extra_boxes: Annotated[
         Path | None,
         typer.Option(help="boxes CSV for box-less training images (from `covidet propose-boxes`)"),
@@ -166,6 +173,9 @@ def train(
             balance=balance,
             skip_boxless_disease=skip_boxless_disease,
             augment=augment,
+            image_head=image_head,
+            image_loss_weight=image_loss_weight,
+            image_weight=image_weight,
             extra_boxes=extra_boxes,
             extra_boxes_min_score=extra_boxes_min_score,
             task=task,

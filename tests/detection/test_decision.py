@@ -1,8 +1,9 @@
 """The image-level decision rule, worked by hand."""
 
+import numpy as np
 import pytest
 
-from covidet.detection.decision import assess, class_evidence
+from covidet.detection.decision import assess, class_evidence, combined_evidence, image_weight_of, rule_name
 from covidet.domain import Label
 
 
@@ -94,3 +95,21 @@ def test_fitted_temperature_lowers_the_nll_of_overconfident_evidence() -> None:
 
     assert nll(temperature) < nll(1.0) and nll(temperature) <= nll(temperature * 1.1)
     assert nll(temperature) <= nll(temperature / 1.1)
+
+
+def test_version_two_mixes_the_image_head_into_the_evidence() -> None:
+    boxes = class_evidence([1], [0.6])  # a covid19 box at 0.6, nothing else
+    image = np.array([0.1, 0.1, 0.8])  # the image head says normal
+    np.testing.assert_allclose(combined_evidence([1], [0.6], image, 0.5), 0.5 * boxes + 0.5 * image)
+    assert assess([1], [0.6]).label is Label.COVID19  # version 1: the box alone
+    mixed = assess([1], [0.6], image_probs=image, image_weight=0.5)
+    assert mixed.label is Label.NORMAL  # disease evidence 0.35 < 0.5
+    # weight 0 or no image head: version 1 exactly
+    assert assess([1], [0.6], image_probs=image, image_weight=0.0) == assess([1], [0.6])
+    np.testing.assert_array_equal(combined_evidence([1], [0.6], None, 0.5), boxes)
+    # the image head can also raise a disease the boxes missed
+    assert assess([], [], image_probs=[0.05, 0.9, 0.05], image_weight=0.6).label is Label.PNEUMONIA
+    with pytest.raises(ValueError, match="image_weight"):
+        combined_evidence([1], [0.6], image, 1.5)
+    assert rule_name(0.0) == "max-score-v1" and rule_name(0.5) == "max-score-v2"
+    assert image_weight_of({"decision": {"threshold": 0.5}}) == 0.0

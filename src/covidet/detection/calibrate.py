@@ -27,12 +27,13 @@ import numpy as np
 from covidet.detection.bundle import CARD_FILE, load_bundle
 from covidet.detection.data import ImageRecord, load_records
 from covidet.detection.decision import (
-    RULE_NAME,
     choose_threshold,
-    class_evidence,
+    combined_evidence,
     decision_weights,
     fit_temperature,
+    image_weight_of,
     labels_at,
+    rule_name,
     scaled_probabilities,
 )
 from covidet.detection.engine import evaluate_detections
@@ -114,7 +115,10 @@ def calibrate_bundle(
     predictions, ground_truth, labels, _ = infer_records(
         model, records, size=size, device=device, show_progress=show_progress, desc=f"calibrate on {split}"
     )
-    evidence = np.stack([class_evidence(p.labels, p.scores) for p in predictions])
+    image_weight = image_weight_of(card)
+    evidence = np.stack(
+        [combined_evidence(p.labels, p.scores, p.image_probs, image_weight) for p in predictions]
+    )
     y_true = np.asarray(labels, np.int64)
     threshold, achieved = choose_threshold(
         evidence, y_true, target_covid_sensitivity=target_covid_sensitivity
@@ -130,15 +134,25 @@ def calibrate_bundle(
         )
     temperature = fit_temperature(evidence, y_true)
     before = evaluate_detections(
-        predictions, ground_truth, labels, threshold=float(card["decision"]["threshold"])
+        predictions,
+        ground_truth,
+        labels,
+        threshold=float(card["decision"]["threshold"]),
+        image_weight=image_weight,
     )
     after = evaluate_detections(
-        predictions, ground_truth, labels, threshold=threshold, temperature=temperature
+        predictions,
+        ground_truth,
+        labels,
+        threshold=threshold,
+        temperature=temperature,
+        image_weight=image_weight,
     )
     decision = {
-        "rule": RULE_NAME,
+        "rule": rule_name(image_weight),
         "threshold": threshold,
         "temperature": temperature,
+        "image_weight": image_weight,
         "description": "see covidet.detection.decision; threshold and temperature by covidet calibrate",
         "fitted": {
             "on_split": split,

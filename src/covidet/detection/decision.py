@@ -1,9 +1,11 @@
 """From box detections to one image-level assessment: the documented rule.
 
-Rule ("max-score", version 1):
+Rule ("max-score", version 1; version 2 when the model has an image head):
 
-1. For each class c in (covid19, pneumonia, normal), the evidence ``s_c`` is the highest score of a
-   detection labelled c (0 when there is none).
+1. For each class c in (covid19, pneumonia, normal), the box evidence ``b_c`` is the highest score of a
+   detection labelled c (0 when there is none). Version 1: ``s_c = b_c``. Version 2 (a model trained with
+   an image head, :class:`~covidet.detection.model.ImageHead`, whose card sets ``image_weight`` w > 0):
+   ``s_c = (1 - w) * b_c + w * q_c``, where ``q`` is the image head's softmax over the three classes.
 2. The disease score is ``d = max(s_covid19, s_pneumonia)``. If ``d < threshold`` the image is
    ``normal``; otherwise it takes the disease class with the higher evidence (covid19 on a tie).
    Lungs with no confident disease box are, by this rule, normal lungs: most normal training images
@@ -31,16 +33,22 @@ from covidet.domain import CLASS_NAMES, Assessment
 __all__ = [
     "DEFAULT_THRESHOLD",
     "RULE_NAME",
+    "RULE_NAME_WITH_IMAGE",
     "assess",
     "choose_threshold",
     "class_evidence",
+    "combined_evidence",
     "decision_weights",
     "fit_temperature",
+    "image_weight_of",
     "labels_at",
+    "rule_name",
     "scaled_probabilities",
 ]
 
 RULE_NAME = "max-score-v1"
+#: Version 2 mixes the image head's probabilities into the evidence (step 1).
+RULE_NAME_WITH_IMAGE = "max-score-v2"
 DEFAULT_THRESHOLD = 0.5
 _FLOOR = 1e-6
 
@@ -52,6 +60,34 @@ def class_evidence(labels: Sequence[int] | np.ndarray, scores: Sequence[float] |
         if 1 <= label <= len(CLASS_NAMES):
             evidence[label - 1] = max(evidence[label - 1], float(score))
     return evidence
+
+
+def combined_evidence(
+    labels: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    image_probs: Sequence[float] | np.ndarray | None = None,
+    image_weight: float = 0.0,
+) -> np.ndarray:
+    """Step 1's evidence ``s [3]``: box evidence, mixed with the image head's probabilities ``[3]`` when
+    ``image_weight`` (in ``[0, 1]``) is positive. Without ``image_probs`` (a model without an image head)
+    the box evidence alone."""
+    if not 0.0 <= image_weight <= 1.0:
+        raise ValueError(f"image_weight must be in [0, 1], got {image_weight}")
+    evidence = class_evidence(labels, scores)
+    if image_probs is None or image_weight == 0.0:
+        return evidence
+    image = np.asarray(image_probs, np.float64).reshape(len(CLASS_NAMES))
+    return (1.0 - image_weight) * evidence + image_weight * image
+
+
+def image_weight_of(card: dict) -> float:
+    """The model card's ``decision.image_weight`` (0 for bundles without an image head)."""
+    return float(card.get("decision", {}).get("image_weight", 0.0))
+
+
+def rule_name(image_weight: float) -> str:
+    """The rule's name as the model card records it."""
+    return RULE_NAME_WITH_IMAGE if image_weight > 0 else RULE_NAME
 
 
 def decision_weights(evidence: np.ndarray) -> np.ndarray:
@@ -129,11 +165,14 @@ def assess(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     temperature: float = 1.0,
+    image_probs: Sequence[float] | np.ndarray | None = None,
+    image_weight: float = 0.0,
 ) -> Assessment:
-    """Apply the rule above to one image's detections (model label ids and scores)."""
+    """Apply the rule above to one image's detections (model label ids and scores) and, for version 2,
+    the image head's probabilities ``image_probs [3]`` with weight ``image_weight``."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    evidence = class_evidence(labels, scores)
+    evidence = combined_evidence(labels, scores, image_probs, image_weight)
     label = CLASS_NAMES[int(labels_at(evidence[None], threshold)[0])]
     probabilities = scaled_probabilities(decision_weights(evidence), temperature)
     return Assessment(

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from covidet.detection.decision import DEFAULT_THRESHOLD, RULE_NAME, assess
+from covidet.detection.decision import DEFAULT_THRESHOLD, assess, rule_name
 from covidet.detection.metrics import ImageDetections, coco_detection_metrics, image_level_metrics
 from covidet.domain import CLASS_NAMES, Assessment, model_id_from_label
 
@@ -130,6 +130,7 @@ def detections_from_output(
         scores=output["scores"].float().cpu().numpy(),
         width=int(width),
         height=int(height),
+        image_probs=output["image_probs"].float().cpu().numpy() if "image_probs" in output else None,
     )
 
 
@@ -190,13 +191,15 @@ def evaluate_detections(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     temperature: float = 1.0,
+    image_weight: float = 0.0,
 ) -> EvaluationResult:
     """Box metrics and image-level metrics of one split.
 
     Box metrics (COCO, via pycocotools) use only images that have ground-truth boxes: a box-less image
     has unannotated lungs, not absent lungs, so a box there is not a false positive. ``lung_detection``
     ignores the class (does the detector find the lungs?). Image-level metrics apply the decision rule
-    of :mod:`covidet.detection.decision` to every image (``temperature`` scales its probabilities).
+    of :mod:`covidet.detection.decision` to every image (``temperature`` scales its probabilities;
+    ``image_weight`` mixes in the image head's probabilities, version 2 of the rule).
     """
     annotated = [i for i, gt in enumerate(ground_truth) if len(gt.boxes)]
     gt_boxed = [ground_truth[i] for i in annotated]
@@ -207,7 +210,15 @@ def evaluate_detections(
     else:
         detection = lung = None
     assessments = [
-        assess(p.labels, p.scores, threshold=threshold, temperature=temperature) for p in predictions
+        assess(
+            p.labels,
+            p.scores,
+            threshold=threshold,
+            temperature=temperature,
+            image_probs=p.image_probs,
+            image_weight=image_weight,
+        )
+        for p in predictions
     ]
     probabilities = np.array([[a.probabilities[c] for c in CLASS_NAMES] for a in assessments], np.float64)
     y_pred = [model_id_from_label(a.label) - 1 for a in assessments]
@@ -218,7 +229,12 @@ def evaluate_detections(
         "detection": detection,
         "lung_detection": lung,
         "image": image,
-        "decision": {"rule": RULE_NAME, "threshold": threshold, "temperature": temperature},
+        "decision": {
+            "rule": rule_name(image_weight),
+            "threshold": threshold,
+            "temperature": temperature,
+            "image_weight": image_weight,
+        },
     }
     return EvaluationResult(
         report=report, y_true=np.asarray(image_labels), probabilities=probabilities, assessments=assessments

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from covidet import DISCLAIMER
 from covidet.detection.bundle import load_bundle
 from covidet.detection.data import DetectionDataset, ImageRecord, collate_detection, load_records
-from covidet.detection.decision import DEFAULT_THRESHOLD, assess
+from covidet.detection.decision import DEFAULT_THRESHOLD, assess, image_weight_of
 from covidet.detection.engine import evaluate_detections, run_inference
 from covidet.detection.metrics import ImageDetections, disease_boxes_on_lungs, save_metric_plots
 from covidet.detection.predictor import DEFAULT_MIN_SCORE
@@ -140,13 +140,19 @@ def evaluate_bundle(
         threshold if threshold is not None else card.get("decision", {}).get("threshold", DEFAULT_THRESHOLD)
     )
     temperature = float(card.get("decision", {}).get("temperature", 1.0))
+    image_weight = image_weight_of(card)
     records = load_records(data, split=split, tier=tier)
     size = int(card["architecture"]["max_size"])
     predictions, ground_truth, labels, seconds = infer_records(
         model, records, size=size, device=device, show_progress=show_progress, desc=f"evaluate {split}"
     )
     result = evaluate_detections(
-        predictions, ground_truth, labels, threshold=threshold, temperature=temperature
+        predictions,
+        ground_truth,
+        labels,
+        threshold=threshold,
+        temperature=temperature,
+        image_weight=image_weight,
     )
     decided = [a.label for a in result.assessments]
     per_source: dict[str, dict[str, int | float]] = {}
@@ -171,7 +177,12 @@ def evaluate_bundle(
             show_progress=show_progress,
             desc=f"stability at {stability_side}px",
         )
-        low = [assess(p.labels, p.scores, threshold=threshold).label for p in low_predictions]
+        low = [
+            assess(
+                p.labels, p.scores, threshold=threshold, image_probs=p.image_probs, image_weight=image_weight
+            ).label
+            for p in low_predictions
+        ]
         stability = {
             "side": stability_side,
             "unchanged": sum(a == b for a, b in zip(decided, low, strict=True)) / len(low),

@@ -63,7 +63,7 @@ from covidet.detection.accelerated import (
 )
 from covidet.detection.bundle import CARD_FILE, load_bundle, read_model_card
 from covidet.detection.data import DetectionDataset, ImageRecord, load_records
-from covidet.detection.decision import DEFAULT_THRESHOLD, assess
+from covidet.detection.decision import DEFAULT_THRESHOLD, image_weight_of
 from covidet.detection.engine import detections_from_output, evaluate_detections, summary_metrics
 from covidet.detection.metrics import ImageDetections
 from covidet.detection.transforms import Compose, ResizeLongerSide
@@ -338,9 +338,11 @@ def check_parity(
     items: Sequence[tuple[torch.Tensor, dict]],
     *,
     threshold: float = DEFAULT_THRESHOLD,
+    image_weight: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
     """Compare each candidate model with ``reference`` (torch) on the same images.
 
+    ``threshold`` and ``image_weight`` are the decision rule's (:mod:`covidet.detection.decision`).
     ``items`` are ``(image [3, H, W] in [0, 1], target)`` pairs as :class:`DetectionDataset` yields them
     (boxes in the image's pixels). All models run one image at a time, interleaved image by image, so
     their timings see the same machine load. Returns, per candidate name: the parity figures, ``ok``
@@ -370,14 +372,18 @@ def check_parity(
                 )
             )
             image_labels.append(int(target["image_label"]) - 1)
-    reference_metrics = summary_metrics(
-        evaluate_detections(predictions["torch"], ground_truth, image_labels, threshold=threshold).report
+    reference_result = evaluate_detections(
+        predictions["torch"], ground_truth, image_labels, threshold=threshold, image_weight=image_weight
     )
-    reference_labels = [assess(p.labels, p.scores, threshold=threshold).label for p in predictions["torch"]]
+    reference_metrics = summary_metrics(reference_result.report)
+    reference_labels = [a.label for a in reference_result.assessments]
     torch_median = statistics.median(seconds["torch"])
     results: dict[str, dict[str, Any]] = {}
     for name in candidates:
-        labels = [assess(p.labels, p.scores, threshold=threshold).label for p in predictions[name]]
+        evaluated = evaluate_detections(
+            predictions[name], ground_truth, image_labels, threshold=threshold, image_weight=image_weight
+        )
+        labels = [a.label for a in evaluated.assessments]
         agreement = sum(a == b for a, b in zip(labels, reference_labels, strict=True)) / max(len(labels), 1)
         ious: list[float] = []
         n_reference = n_candidate = 0
@@ -393,9 +399,7 @@ def check_parity(
                 torch.from_numpy(cand.labels[keep_c]),
             )
         share_iou_ok = sum(v >= criteria["box_iou"] for v in ious) / len(ious) if ious else 1.0
-        metrics = summary_metrics(
-            evaluate_detections(predictions[name], ground_truth, image_labels, threshold=threshold).report
-        )
+        metrics = summary_metrics(evaluated.report)
         deltas = {
             key: (
                 None
@@ -494,13 +498,14 @@ def _check_round(
     variants: Sequence[Variant],
     items: Sequence[tuple[torch.Tensor, dict]],
     threshold: float,
+    image_weight: float = 0.0,
 ) -> list[Variant]:
     """Parity-check ``variants`` in one interleaved run; returns them with the results filled in."""
     if not variants:
         return []
     candidates = {v.name: accelerate(model, load_graphs(bundle, v), v.feature_names) for v in variants}
     logger.info("parity check on %d images: %s", len(items), ", ".join(candidates))
-    results = check_parity(torch_model, candidates, items, threshold=threshold)
+    results = check_parity(torch_model, candidates, items, threshold=threshold, image_weight=image_weight)
     checked = []
     for variant in variants:
         figures = results[variant.name]
@@ -557,6 +562,7 @@ def export_bundle(
     model, card = load_bundle(bundle)
     size = int(card["architecture"]["max_size"])
     threshold = float(card.get("decision", {}).get("threshold", DEFAULT_THRESHOLD))
+    image_weight = image_weight_of(card)
     installed = []
     for runtime in runtimes:
         if runtime not in ("onnxruntime", "openvino"):
@@ -636,13 +642,13 @@ def export_bundle(
         records = load_records(data, split=check_split, tier=tier)
         items = _load_images(records[:check_limit] if check_limit is not None else records, size)
         torch_model = model.to(memory_format=torch.channels_last)  # as the torch Predictor runs it
-        results = _check_round(bundle, torch_model, model, first, items, threshold)
+        results = _check_round(bundle, torch_model, model, first, items, threshold, image_weight)
         if search:
             failed = [v.backend for v in results if v.precision == "int8" and not v.parity_ok]
             singles = [
                 variant(runtime, uniform("fp32") | {name: "int8"}) for runtime in failed for name in GRAPHS
             ]
-            singles = _check_round(bundle, torch_model, model, singles, items, threshold)
+            singles = _check_round(bundle, torch_model, model, singles, items, threshold, image_weight)
             results += singles
             mixed = []
             for runtime in failed:
@@ -653,7 +659,7 @@ def export_bundle(
                 ]
                 if len(passing) >= 2:
                     mixed.append(variant(runtime, uniform("fp32") | dict.fromkeys(passing, "int8")))
-            results += _check_round(bundle, torch_model, model, mixed, items, threshold)
+            results += _check_round(bundle, torch_model, model, mixed, items, threshold, image_weight)
 
     entries = []
     for result in results:

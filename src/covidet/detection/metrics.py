@@ -57,6 +57,8 @@ class ImageDetections:
     ``boxes`` are ``[x1, y1, x2, y2]`` in pixels, float ``(N, 4)``; ``labels`` are model ids ``1..K``
     ``(N,)``; ``scores`` ``(N,)`` in ``[0, 1]`` for predictions, ``None`` for ground truth. ``width`` and
     ``height`` are the image size in pixels (0 when unknown; COCO box evaluation does not use them).
+    ``image_probs`` ``(3,)``: a model's image-head probabilities (covid19, pneumonia, normal), when it has
+    an image head.
     """
 
     image_id: int
@@ -65,6 +67,7 @@ class ImageDetections:
     scores: np.ndarray | None = None
     width: int = 0
     height: int = 0
+    image_probs: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------------

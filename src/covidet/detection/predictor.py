@@ -18,7 +18,7 @@ from torchvision.utils import draw_bounding_boxes
 
 from covidet import DISCLAIMER
 from covidet.detection.bundle import BundleError, default_bundle_path, load_bundle
-from covidet.detection.decision import DEFAULT_THRESHOLD, assess
+from covidet.detection.decision import DEFAULT_THRESHOLD, assess, image_weight_of
 from covidet.detection.transforms import resize_image
 from covidet.domain import Assessment, Box, Finding, label_from_model_id
 from covidet.imaging import XRayImage
@@ -99,6 +99,8 @@ class Predictor:
         )
         # Fitted by `covidet calibrate` (1.0 before): scales the probabilities, never the label.
         self.temperature = float(card.get("decision", {}).get("temperature", 1.0))
+        # Version 2 of the rule: how much the image head's probabilities count (0: boxes only).
+        self.image_weight = image_weight_of(card)
         self.input_size = int(card["architecture"]["max_size"])
         self.backend = backend
 
@@ -216,10 +218,16 @@ class Predictor:
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, xray.width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, xray.height)
         labels, scores = output["labels"].cpu(), output["scores"].float().cpu()
+        image_probs = output["image_probs"].float().cpu().numpy() if "image_probs" in output else None
         return Prediction(
             findings=self._findings(boxes, labels, scores),
             assessment=assess(
-                labels.numpy(), scores.numpy(), threshold=self.threshold, temperature=self.temperature
+                labels.numpy(),
+                scores.numpy(),
+                threshold=self.threshold,
+                temperature=self.temperature,
+                image_probs=image_probs,
+                image_weight=self.image_weight,
             ),
             seconds=seconds,
         )

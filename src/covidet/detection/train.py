@@ -37,7 +37,7 @@ from covidet.detection.data import (
     dataset_hash,
     load_records,
 )
-from covidet.detection.decision import DEFAULT_THRESHOLD, RULE_NAME
+from covidet.detection.decision import DEFAULT_THRESHOLD, rule_name
 from covidet.detection.engine import (
     evaluate_detections,
     run_inference,
@@ -110,6 +110,19 @@ class TrainConfig(BaseModel):
         "`covidet propose-boxes` uses (it is not an assessment model)",
     )
     augment: bool = Field(True, description="resolution/contrast/geometry augmentation")
+    image_head: bool = Field(
+        False,
+        description="also train an image-level classification head on the FPN features (multi-task); "
+        "the decision rule (version 2) then mixes its probabilities into the box evidence",
+    )
+    image_loss_weight: float = Field(1.0, gt=0, description="weight of the image head's loss")
+    image_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="with image_head: the image head's share of the decision evidence (0: boxes only, "
+        "1: image head only); fixed before training, not tuned on val",
+    )
     threshold: float = Field(
         DEFAULT_THRESHOLD, ge=0, le=1, description="decision threshold of the image rule"
     )
@@ -257,7 +270,7 @@ def _warmup_cosine(warmup: int, total: int):
 
 
 def _architecture(config: TrainConfig) -> dict[str, Any]:
-    return {
+    architecture: dict[str, Any] = {
         "backbone": config.backbone,
         "norm": config.norm,
         "min_size": config.size,
@@ -265,6 +278,14 @@ def _architecture(config: TrainConfig) -> dict[str, Any]:
         "num_classes": 4,
         "anchor_aspect_ratios": [0.5, 1.0, 2.0],
     }
+    if config.image_head and config.task == "assess":
+        architecture |= {"image_head": True, "image_loss_weight": config.image_loss_weight}
+    return architecture
+
+
+def _decision_image_weight(config: TrainConfig) -> float:
+    """The decision rule's ``image_weight``: 0 unless the model has an image head."""
+    return config.image_weight if config.image_head and config.task == "assess" else 0.0
 
 
 def _as_lungs(record: ImageRecord) -> ImageRecord:
@@ -446,7 +467,13 @@ def train(config: TrainConfig) -> TrainResult:
                 predictions, ground_truth, labels, _ = run_inference(
                     model, val_loader, device=device, show_progress=config.show_progress, desc="validate"
                 )
-                result = evaluate_detections(predictions, ground_truth, labels, threshold=config.threshold)
+                result = evaluate_detections(
+                    predictions,
+                    ground_truth,
+                    labels,
+                    threshold=config.threshold,
+                    image_weight=_decision_image_weight(config),
+                )
                 summary = summary_metrics(result.report)
                 row |= {f"val_{k}": v for k, v in summary.items()}
                 value = summary[config.monitor]
@@ -542,8 +569,9 @@ def _write_final_bundle(
         config.out / "bundle",
         architecture=architecture,
         decision={
-            "rule": RULE_NAME,
+            "rule": rule_name(_decision_image_weight(config)),
             "threshold": config.threshold,
+            "image_weight": _decision_image_weight(config),
             "description": "see covidet.detection.decision",
         },
         training={
