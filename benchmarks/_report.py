@@ -17,14 +17,19 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     print(f"wrote {out}")
 
 
-def model_benchmark_args(description: str, default_out: str) -> tuple[argparse.Namespace, Path]:
-    """Parse ``--model BUNDLE`` (default: the shipped one) and ``--out FILE``; return them with the
-    dataset folder (``$COVIDET_DATA`` or ``../shared/data/cxr``), exiting with a message when it is absent."""
+def model_benchmark_args(
+    description: str, default_out: str, extra: list[tuple[str, dict[str, Any]]] | None = None
+) -> tuple[argparse.Namespace, Path]:
+    """Parse ``--model BUNDLE`` (default: the shipped one), ``--out FILE`` and the ``extra`` options
+    (``(flag, add_argument keywords)``); return them with the dataset folder (``$COVIDET_DATA`` or
+    ``../shared/data/cxr``), exiting with a message when it is absent."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", type=Path, default=None, help="bundle (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=Path(default_out))
+    for flag, options in extra or []:
+        parser.add_argument(flag, **options)
     args = parser.parse_args()
     data = Path(
         os.environ.get("COVIDET_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr")

@@ -1,6 +1,7 @@
 """Would an image-level head help? A linear probe on the shipped detector's own features.
 
     python benchmarks/image_head_probe.py --out benchmarks/results/image_head_probe.json
+    python benchmarks/image_head_probe.py --write-bundle runs/probe-head --image-weight 0.5
 
 The decision rule reads boxes. This asks, before any multi-task training, whether the image as a whole
 carries more usable evidence: each image's FPN levels of the shipped detector (frozen) are averaged over
@@ -11,6 +12,13 @@ scored once on val, with per-source accuracy and label stability under down-samp
 (as ``covidet evaluate``). The val figures of every ``C`` are recorded too, marked as such, to show how
 much they move: choosing among them on val would be tuning on val.
 
+With ``--write-bundle OUT`` the fitted probe becomes the :class:`~covidet.detection.model.ImageHead` of a
+copy of the detector (its scaler folded into the linear layer, so the head computes exactly the probe's
+probabilities), written as a bundle whose decision rule is ``max-score-v2`` with ``--image-weight``
+(0.5, the value fixed before the jointly trained run) and whose card holds its val metrics under that
+rule. The detector's weights are unchanged; only the head is new. ``covidet evaluate --model OUT``
+then gives every figure of the issue for it.
+
 Caveat: the detector was trained on these train images, so its features fit them better than unseen
 ones; the probe's train-CV figures are optimistic, its val figures are not.
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,8 +39,12 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from _report import model_benchmark_args, write_report  # benchmarks/ is on sys.path when a script runs
-from covidet.detection.bundle import default_bundle_path, load_bundle
+from covidet.detection.bundle import default_bundle_path, load_bundle, save_bundle
 from covidet.detection.data import ImageRecord, load_records
+from covidet.detection.decision import rule_name
+from covidet.detection.engine import evaluate_detections
+from covidet.detection.evaluate import infer_records
+from covidet.detection.model import AssessmentRCNN, ImageHead, build_detector
 from covidet.detection.transforms import DownsampleRoundTrip, resize_image
 from covidet.domain import model_id_from_label
 from covidet.imaging import read_image
@@ -55,7 +68,9 @@ def pooled_features(
         image = resize_image(pixels, size).expand(3, -1, -1)
         batch, _ = model.transform([image])
         levels = model.backbone(batch.tensors)
-        rows.append(np.concatenate([level.mean(dim=(2, 3))[0].numpy() for level in levels.values()]))
+        padded = (int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1]))
+        # The image head's own pooling (padding left out), so a written head reproduces these features.
+        rows.append(ImageHead.pool(levels, batch.image_sizes, padded)[0].numpy())
     return np.stack(rows)
 
 
@@ -76,8 +91,89 @@ def _scores(truth: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     }
 
 
+def with_probe_head(model: torch.nn.Module, card: dict, probe: object) -> AssessmentRCNN:
+    """A copy of ``model`` (a plain Faster R-CNN) with an image head computing ``probe``'s probabilities.
+
+    ``probe`` is the fitted ``StandardScaler`` + multinomial ``LogisticRegression`` pipeline; its
+    standardisation ``(x - mean) / scale`` is folded into the linear layer:
+    ``W' = W / scale``, ``b' = b - W' @ mean``.
+    """
+    scaler, regression = probe.named_steps["standardscaler"], probe.named_steps["logisticregression"]
+    weight = regression.coef_ / scaler.scale_[None, :]
+    bias = regression.intercept_ - weight @ scaler.mean_
+    architecture = {k: v for k, v in card["architecture"].items() if k != "detector"}
+    architecture["anchor_aspect_ratios"] = tuple(architecture["anchor_aspect_ratios"])
+    combined = build_detector(**architecture, image_head=True)
+    missing, unexpected = combined.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("image_head.") for key in missing), (missing, unexpected)
+    with torch.no_grad():
+        combined.image_head.classifier.weight.copy_(torch.from_numpy(weight).float())
+        combined.image_head.classifier.bias.copy_(torch.from_numpy(bias).float())
+    return combined.eval()
+
+
+def write_probe_bundle(
+    model: torch.nn.Module,
+    card: dict,
+    probe: object,
+    out: Path,
+    *,
+    image_weight: float,
+    data: Path,
+    chosen_c: float,
+    expected_val_probabilities: np.ndarray,
+) -> dict:
+    """Write the detector plus the probe's head as a bundle; returns its val report (rule v2)."""
+    combined = with_probe_head(model, card, probe)
+    size = int(card["architecture"]["max_size"])
+    records = load_records(data, split="val")
+    predictions, ground_truth, labels, _ = infer_records(combined, records, size=size, desc="val, rule v2")
+    got = np.stack([p.image_probs for p in predictions])
+    gap = float(np.abs(got - expected_val_probabilities).max())
+    if gap > 1e-3:  # the folded head must compute the probe, or the bundle's figures are not the probe's
+        raise SystemExit(f"the written head differs from the probe by {gap} in probability")
+    threshold = float(card["decision"]["threshold"])
+    report = evaluate_detections(
+        predictions, ground_truth, labels, threshold=threshold, image_weight=image_weight
+    ).report
+    architecture = {k: v for k, v in card["architecture"].items() if k != "detector"}
+    save_bundle(
+        combined,
+        out,
+        architecture=architecture | {"image_head": True},
+        decision={
+            "rule": rule_name(image_weight),
+            "threshold": threshold,
+            "image_weight": image_weight,
+            "description": "see covidet.detection.decision",
+        },
+        training=card["training"]
+        | {
+            "image_head": {
+                "method": "linear probe on the frozen detector's pooled FPN features: StandardScaler + "
+                "class-balanced multinomial logistic regression fitted on the train split, folded into "
+                "the ImageHead",
+                "C": chosen_c,
+                "C_selected_by": "5-fold patient-grouped cross-validation on train (macro F1)",
+                "command": " ".join(["python", *sys.argv]),
+            }
+        },
+        metrics={"val": report},
+        name=card.get("name", "covidet-detector"),
+        version=card.get("version", "0.1.0"),
+    )
+    return report
+
+
 def main() -> None:
-    args, data = model_benchmark_args(__doc__, "benchmarks/results/image_head_probe.json")
+    args, data = model_benchmark_args(
+        __doc__,
+        "benchmarks/results/image_head_probe.json",
+        extra=[
+            ("--write-bundle", {"type": Path, "default": None, "help": "also write detector + head here"}),
+            ("--image-weight", {"type": float, "default": 0.5, "help": "decision weight of the head"}),
+        ],
+    )
     model, card = load_bundle(args.model or default_bundle_path())
     model.eval()
     size = int(card["architecture"]["max_size"])
@@ -113,8 +209,32 @@ def main() -> None:
         | {"stability_224": float((probe.predict(x_low) == predicted).mean()), "per_source": per_source},
         "val_by_C_not_for_selection": val_by_c,
     }
+    if args.write_bundle is not None:
+        combined = write_probe_bundle(
+            model,
+            card,
+            probe,
+            args.write_bundle,
+            image_weight=args.image_weight,
+            data=data,
+            chosen_c=chosen,
+            expected_val_probabilities=probabilities,
+        )
+        report["bundle"] = {
+            "path": str(args.write_bundle),
+            "image_weight": args.image_weight,
+            "val_rule_v2": {
+                "accuracy": combined["image"]["accuracy"],
+                "macro_f1": combined["image"]["macro_f1"],
+                "macro_auc": combined["image"]["macro_auc"],
+                "covid19_sensitivity": combined["image"]["per_class"]["covid19"]["sensitivity"],
+                "covid19_specificity": combined["image"]["per_class"]["covid19"]["specificity"],
+            },
+        }
     for key, value in report["val"].items():
         print(f"{key}: {value}")
+    if "bundle" in report:
+        print("bundle:", report["bundle"])
     write_report(report, args.out)
 
 

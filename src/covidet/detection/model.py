@@ -183,6 +183,16 @@ class ImageHead(nn.Module):
     ) -> torch.Tensor:
         """``features``: FPN levels ``[B, C, h, w]`` of the padded batch ``[B, 3, *padded_size]``;
         ``image_sizes``: each image's ``(H, W)`` before padding. Returns logits ``[B, num_classes]``."""
+        return self.classifier(self.dropout(self.pool(features, image_sizes, padded_size)))
+
+    @staticmethod
+    def pool(
+        features: OrderedDict[str, torch.Tensor],
+        image_sizes: list[tuple[int, int]],
+        padded_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """The head's input ``[B, levels * C]`` (float32): each level averaged over each image's own
+        area, levels concatenated in order."""
         pooled = []
         for level in features.values():
             height, width = level.shape[-2:]
@@ -193,7 +203,7 @@ class ImageHead(nn.Module):
                 cols = max(1, min(width, math.ceil(image_w * width / padded_size[1])))
                 per_image.append(level[index, :, :rows, :cols].float().mean(dim=(-2, -1)))
             pooled.append(torch.stack(per_image))
-        return self.classifier(self.dropout(torch.cat(pooled, dim=1)))
+        return torch.cat(pooled, dim=1)
 
 
 class AssessmentRCNN(FasterRCNN):
