@@ -2,6 +2,7 @@
 
     python benchmarks/image_head_probe.py --out benchmarks/results/image_head_probe.json
     python benchmarks/image_head_probe.py --write-bundle runs/probe-head --image-weight 0.5
+    python benchmarks/image_head_probe.py --pool lungs --out benchmarks/results/image_head_probe_lungs.json
 
 The decision rule reads boxes. This asks, before any multi-task training, whether the image as a whole
 carries more usable evidence: each image's FPN levels of the shipped detector (frozen) are averaged over
@@ -52,11 +53,39 @@ from covidet.imaging import read_image
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
+def box_pooled(levels: dict, boxes: torch.Tensor, padded: tuple[int, int]) -> torch.Tensor:
+    """``[levels * C]``: each level averaged over the cells covered by any of ``boxes`` (``[K, 4]``,
+    ``[x1, y1, x2, y2]`` in the padded batch's pixels; K >= 1)."""
+    pooled = []
+    for level in levels.values():
+        height, width = level.shape[-2:]
+        mask = torch.zeros(height, width, dtype=torch.bool)
+        for x1, y1, x2, y2 in boxes.tolist():
+            r1, r2 = (
+                int(y1 * height / padded[0]),
+                max(int(y1 * height / padded[0]) + 1, round(y2 * height / padded[0])),
+            )
+            c1, c2 = (
+                int(x1 * width / padded[1]),
+                max(int(x1 * width / padded[1]) + 1, round(x2 * width / padded[1])),
+            )
+            mask[r1:r2, c1:c2] = True
+        pooled.append(level[0][:, mask].float().mean(dim=1))
+    return torch.cat(pooled)
+
+
 @torch.inference_mode()
 def pooled_features(
-    model: torch.nn.Module, records: list[ImageRecord], size: int, degrade: int | None
+    model: torch.nn.Module,
+    records: list[ImageRecord],
+    size: int,
+    degrade: int | None,
+    pool: str = "image",
+    min_box_score: float = 0.3,
 ) -> np.ndarray:
-    """``[N, levels*256]``: each FPN level of ``model`` averaged over space, per image."""
+    """``[N, levels*256]``: each FPN level of ``model`` averaged over the image (``pool="image"``, the
+    image head's pooling) or over the cells inside the detector's own boxes scoring >= ``min_box_score``,
+    any class (``pool="lungs"``; the whole image when there is none), per image."""
     degrader = DownsampleRoundTrip(degrade) if degrade else None
     rows = []
     for record in tqdm(
@@ -69,8 +98,15 @@ def pooled_features(
         batch, _ = model.transform([image])
         levels = model.backbone(batch.tensors)
         padded = (int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1]))
-        # The image head's own pooling (padding left out), so a written head reproduces these features.
-        rows.append(ImageHead.pool(levels, batch.image_sizes, padded)[0].numpy())
+        boxes = torch.zeros((0, 4))
+        if pool == "lungs":
+            (detections,) = model([image])
+            boxes = detections["boxes"][detections["scores"] >= min_box_score]
+        if len(boxes):
+            rows.append(box_pooled(levels, boxes, padded).numpy())
+        else:
+            # The image head's own pooling (padding left out), so a written head reproduces these features.
+            rows.append(ImageHead.pool(levels, batch.image_sizes, padded)[0].numpy())
     return np.stack(rows)
 
 
@@ -172,6 +208,10 @@ def main() -> None:
         extra=[
             ("--write-bundle", {"type": Path, "default": None, "help": "also write detector + head here"}),
             ("--image-weight", {"type": float, "default": 0.5, "help": "decision weight of the head"}),
+            (
+                "--pool",
+                {"choices": ["image", "lungs"], "default": "image", "help": "where features are averaged"},
+            ),
         ],
     )
     model, card = load_bundle(args.model or default_bundle_path())
@@ -180,9 +220,11 @@ def main() -> None:
     train, val = load_records(data, split="train"), load_records(data, split="val")
     y_train = np.array([model_id_from_label(r.label) - 1 for r in train])
     y_val = np.array([model_id_from_label(r.label) - 1 for r in val])
-    x_train = pooled_features(model, train, size, None)
-    x_val = pooled_features(model, val, size, None)
-    x_low = pooled_features(model, val, size, 224)
+    if args.pool == "lungs" and args.write_bundle is not None:
+        raise SystemExit("--write-bundle needs --pool image: the image head pools over the whole image")
+    x_train = pooled_features(model, train, size, None, args.pool)
+    x_val = pooled_features(model, val, size, None, args.pool)
+    x_low = pooled_features(model, val, size, 224, args.pool)
     groups = np.array([r.patient_id for r in train])
     train_cv = {}
     for c in C_GRID:
@@ -202,7 +244,10 @@ def main() -> None:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]),
         "model": {"name": card.get("name"), "version": card.get("version")},
-        "features": f"{x_train.shape[1]} (FPN levels averaged over space)",
+        "features": f"{x_train.shape[1]} (FPN levels averaged over "
+        + ("the image" if args.pool == "image" else "the detector's own boxes scoring >= 0.3")
+        + ")",
+        "pool": args.pool,
         "train_cv_macro_f1_by_C": train_cv,
         "chosen_C_by_train_cv": chosen,
         "val": _scores(y_val, probabilities)
