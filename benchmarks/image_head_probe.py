@@ -2,7 +2,8 @@
 
     python benchmarks/image_head_probe.py --out benchmarks/results/image_head_probe.json
     python benchmarks/image_head_probe.py --write-bundle runs/probe-head --image-weight 0.5
-    python benchmarks/image_head_probe.py --pool lungs --out benchmarks/results/image_head_probe_lungs.json
+    python benchmarks/image_head_probe.py --pool lungs --write-bundle runs/probe-lungs-head \
+        --out benchmarks/results/image_head_probe_lungs.json
 
 The decision rule reads boxes. This asks, before any multi-task training, whether the image as a whole
 carries more usable evidence: each image's FPN levels of the shipped detector (frozen) are averaged over
@@ -50,28 +51,9 @@ from covidet.detection.transforms import DownsampleRoundTrip, resize_image
 from covidet.domain import model_id_from_label
 from covidet.imaging import read_image
 
+#: --pool value -> the ImageHead pooling that computes the same features.
+_HEAD_POOL = {"image": "image", "lungs": "boxes"}
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-
-
-def box_pooled(levels: dict, boxes: torch.Tensor, padded: tuple[int, int]) -> torch.Tensor:
-    """``[levels * C]``: each level averaged over the cells covered by any of ``boxes`` (``[K, 4]``,
-    ``[x1, y1, x2, y2]`` in the padded batch's pixels; K >= 1)."""
-    pooled = []
-    for level in levels.values():
-        height, width = level.shape[-2:]
-        mask = torch.zeros(height, width, dtype=torch.bool)
-        for x1, y1, x2, y2 in boxes.tolist():
-            r1, r2 = (
-                int(y1 * height / padded[0]),
-                max(int(y1 * height / padded[0]) + 1, round(y2 * height / padded[0])),
-            )
-            c1, c2 = (
-                int(x1 * width / padded[1]),
-                max(int(x1 * width / padded[1]) + 1, round(x2 * width / padded[1])),
-            )
-            mask[r1:r2, c1:c2] = True
-        pooled.append(level[0][:, mask].float().mean(dim=1))
-    return torch.cat(pooled)
 
 
 @torch.inference_mode()
@@ -81,7 +63,7 @@ def pooled_features(
     size: int,
     degrade: int | None,
     pool: str = "image",
-    min_box_score: float = 0.3,
+    min_box_score: float = AssessmentRCNN.POOL_MIN_SCORE,
 ) -> np.ndarray:
     """``[N, levels*256]``: each FPN level of ``model`` averaged over the image (``pool="image"``, the
     image head's pooling) or over the cells inside the detector's own boxes scoring >= ``min_box_score``,
@@ -102,11 +84,8 @@ def pooled_features(
         if pool == "lungs":
             (detections,) = model([image])
             boxes = detections["boxes"][detections["scores"] >= min_box_score]
-        if len(boxes):
-            rows.append(box_pooled(levels, boxes, padded).numpy())
-        else:
-            # The image head's own pooling (padding left out), so a written head reproduces these features.
-            rows.append(ImageHead.pool(levels, batch.image_sizes, padded)[0].numpy())
+        # The image head's own pooling, so a written head reproduces these features.
+        rows.append(ImageHead.pool_in_boxes(levels, [boxes], batch.image_sizes, padded)[0].numpy())
     return np.stack(rows)
 
 
@@ -127,7 +106,7 @@ def _scores(truth: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     }
 
 
-def with_probe_head(model: torch.nn.Module, card: dict, probe: object) -> AssessmentRCNN:
+def with_probe_head(model: torch.nn.Module, card: dict, probe: object, pool: str) -> AssessmentRCNN:
     """A copy of ``model`` (a plain Faster R-CNN) with an image head computing ``probe``'s probabilities.
 
     ``probe`` is the fitted ``StandardScaler`` + multinomial ``LogisticRegression`` pipeline; its
@@ -139,7 +118,7 @@ def with_probe_head(model: torch.nn.Module, card: dict, probe: object) -> Assess
     bias = regression.intercept_ - weight @ scaler.mean_
     architecture = {k: v for k, v in card["architecture"].items() if k != "detector"}
     architecture["anchor_aspect_ratios"] = tuple(architecture["anchor_aspect_ratios"])
-    combined = build_detector(**architecture, image_head=True)
+    combined = build_detector(**architecture, image_head=True, image_head_pool=_HEAD_POOL[pool])
     missing, unexpected = combined.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(key.startswith("image_head.") for key in missing), (missing, unexpected)
     with torch.no_grad():
@@ -158,9 +137,10 @@ def write_probe_bundle(
     data: Path,
     chosen_c: float,
     expected_val_probabilities: np.ndarray,
+    pool: str,
 ) -> dict:
     """Write the detector plus the probe's head as a bundle; returns its val report (rule v2)."""
-    combined = with_probe_head(model, card, probe)
+    combined = with_probe_head(model, card, probe, pool)
     size = int(card["architecture"]["max_size"])
     records = load_records(data, split="val")
     predictions, ground_truth, labels, _ = infer_records(combined, records, size=size, desc="val, rule v2")
@@ -176,7 +156,7 @@ def write_probe_bundle(
     save_bundle(
         combined,
         out,
-        architecture=architecture | {"image_head": True},
+        architecture=architecture | {"image_head": True, "image_head_pool": _HEAD_POOL[pool]},
         decision={
             "rule": rule_name(image_weight),
             "threshold": threshold,
@@ -220,8 +200,6 @@ def main() -> None:
     train, val = load_records(data, split="train"), load_records(data, split="val")
     y_train = np.array([model_id_from_label(r.label) - 1 for r in train])
     y_val = np.array([model_id_from_label(r.label) - 1 for r in val])
-    if args.pool == "lungs" and args.write_bundle is not None:
-        raise SystemExit("--write-bundle needs --pool image: the image head pools over the whole image")
     x_train = pooled_features(model, train, size, None, args.pool)
     x_val = pooled_features(model, val, size, None, args.pool)
     x_low = pooled_features(model, val, size, 224, args.pool)
@@ -264,10 +242,12 @@ def main() -> None:
             data=data,
             chosen_c=chosen,
             expected_val_probabilities=probabilities,
+            pool=args.pool,
         )
         report["bundle"] = {
             "path": str(args.write_bundle),
             "image_weight": args.image_weight,
+            "pool": args.pool,
             "val_rule_v2": {
                 "accuracy": combined["image"]["accuracy"],
                 "macro_f1": combined["image"]["macro_f1"],

@@ -187,6 +187,8 @@ def test_train_with_image_head_bundles_it_and_evaluate_uses_rule_two(data_root: 
             "--image-head",
             "--image-weight",
             "0.4",
+            "--image-head-pool",
+            "boxes",
             "--out",
             str(out),
         ],
@@ -194,7 +196,7 @@ def test_train_with_image_head_bundles_it_and_evaluate_uses_rule_two(data_root: 
     )
     assert trained.returncode == 0, trained.stderr
     card = read_model_card(out / "bundle")
-    assert card["architecture"]["image_head"] is True
+    assert card["architecture"]["image_head"] is True and card["architecture"]["image_head_pool"] == "boxes"
     assert card["decision"]["rule"] == "max-score-v2" and card["decision"]["image_weight"] == 0.4
     with (out / "metrics.csv").open() as handle:
         (row,) = list(csv.DictReader(handle))

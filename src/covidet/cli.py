@@ -115,6 +115,9 @@ def train(
         bool, typer.Option(help="also train an image-level head beside the box head (decision rule v2)")
     ] = False,
     image_loss_weight: Annotated[float, typer.Option(help="weight of the image head's loss")] = 1.0,
+    image_head_pool: Annotated[
+        str, typer.Option(help="image head averages over: image | boxes (ground truth / detected)")
+    ] = "image",
     image_weight: Annotated[
         float, typer.Option(help="with --image-head: the image head's share of the decision evidence")
     ] = 0.5,
@@ -175,6 +178,7 @@ def train(
             augment=augment,
             image_head=image_head,
             image_loss_weight=image_loss_weight,
+            image_head_pool=image_head_pool,
             image_weight=image_weight,
             extra_boxes=extra_boxes,
             extra_boxes_min_score=extra_boxes_min_score,

@@ -165,3 +165,30 @@ def _plain_bundle(path: Path) -> Path:
         training={},
         metrics={},
     )
+
+
+def test_box_pooling_averages_inside_the_boxes_only() -> None:
+    # one level at stride 8 of a 64 x 64 batch: 8 x 8 cells; channel 0 holds the row index
+    level = torch.arange(8.0).view(1, 1, 8, 1).expand(2, 2, 8, 8).clone()
+    level[:, 1] = 1.0
+    features = OrderedDict([("0", level)])
+    boxes = [torch.tensor([[0.0, 0.0, 64.0, 16.0]]), torch.zeros((0, 4))]  # rows 0-1 only; no box
+    pooled = ImageHead.pool_in_boxes(features, boxes, [(64, 64), (64, 64)], (64, 64))
+    torch.testing.assert_close(pooled[0], torch.tensor([0.5, 1.0]))  # mean of rows 0 and 1
+    torch.testing.assert_close(pooled[1], ImageHead.pool(features, [(64, 64)] * 2, (64, 64))[1])
+
+
+def test_box_pooled_image_head_trains_on_ground_truth_boxes_and_predicts() -> None:
+    torch.manual_seed(0)
+    model = build_detector(
+        backbone="mobilenet_v3_large", min_size=128, max_size=128, image_head=True, image_head_pool="boxes"
+    )
+    model.train()
+    losses = model([torch.rand(3, 128, 128), torch.rand(3, 96, 128)], _image_head_targets())
+    assert torch.isfinite(losses["loss_image"])
+    model.eval()
+    with torch.inference_mode():
+        (output,) = model([torch.rand(3, 100, 128)])
+    assert abs(float(output["image_probs"].sum()) - 1.0) < 1e-5
+    with pytest.raises(ValueError, match="image_head_pool"):
+        build_detector(backbone="mobilenet_v3_large", image_head=True, image_head_pool="lungs")  # type: ignore[arg-type]

@@ -79,6 +79,7 @@ def build_detector(
     box_batch_size_per_image: int = 128,
     image_head: bool = False,
     image_loss_weight: float = 1.0,
+    image_head_pool: Literal["image", "boxes"] = "image",
 ) -> FasterRCNN:
     """Build an untrained Faster R-CNN with an FPN backbone and a region proposal network.
 
@@ -102,6 +103,9 @@ def build_detector(
             (:class:`ImageHead`), trained jointly with the detector; the model is then an
             :class:`AssessmentRCNN`. Bundles without it rebuild the plain detector, unchanged.
         image_loss_weight: weight of the image head's cross-entropy in the training loss.
+        image_head_pool: where the image head averages the features: ``image`` (the whole image) or
+            ``boxes`` (inside the image's boxes: the detector's own, scoring >= 0.3, at inference; the
+            ground-truth boxes in training; the whole image when there are none).
 
     Returns:
         A ``torchvision.models.detection.FasterRCNN``. In eval mode, ``model(images)`` takes a list of
@@ -129,7 +133,9 @@ def build_detector(
     else:
         raise ValueError(f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")
     anchor_generator = AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(anchor_aspect_ratios),) * len(sizes))
-    kwargs = {"image_loss_weight": image_loss_weight} if image_head else {}
+    kwargs = (
+        {"image_loss_weight": image_loss_weight, "image_head_pool": image_head_pool} if image_head else {}
+    )
     model = (AssessmentRCNN if image_head else FasterRCNN)(
         body,
         num_classes=num_classes,
@@ -205,6 +211,36 @@ class ImageHead(nn.Module):
             pooled.append(torch.stack(per_image))
         return torch.cat(pooled, dim=1)
 
+    @staticmethod
+    def pool_in_boxes(
+        features: OrderedDict[str, torch.Tensor],
+        boxes: list[torch.Tensor],
+        image_sizes: list[tuple[int, int]],
+        padded_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Like :meth:`pool`, but each level is averaged over the cells covered by the image's
+        ``boxes[i]`` (``[K, 4]``, ``[x1, y1, x2, y2]`` in the padded batch's pixels); an image without
+        boxes is averaged over its whole area."""
+        whole = ImageHead.pool(features, image_sizes, padded_size)
+        rows = []
+        for index, image_boxes in enumerate(boxes):
+            if len(image_boxes) == 0:
+                rows.append(whole[index])
+                continue
+            pooled = []
+            for level in features.values():
+                height, width = level.shape[-2:]
+                mask = torch.zeros(height, width, dtype=torch.bool, device=level.device)
+                for x1, y1, x2, y2 in image_boxes.tolist():
+                    # Cells the box overlaps by at least half; at least one cell per box.
+                    r1, c1 = int(y1 * height / padded_size[0]), int(x1 * width / padded_size[1])
+                    r2 = max(r1 + 1, round(y2 * height / padded_size[0]))
+                    c2 = max(c1 + 1, round(x2 * width / padded_size[1]))
+                    mask[r1:r2, c1:c2] = True
+                pooled.append(level[index][:, mask].float().mean(dim=1))
+            rows.append(torch.cat(pooled))
+        return torch.stack(rows)
+
 
 class AssessmentRCNN(FasterRCNN):
     """torchvision's Faster R-CNN plus an :class:`ImageHead` on the same FPN features.
@@ -215,11 +251,25 @@ class AssessmentRCNN(FasterRCNN):
     ``image_loss_weight``); in eval mode each output gains ``image_probs`` ``[3]``.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, *, image_loss_weight: float = 1.0, **kwargs):
+    #: Detections scoring at least this mark the regions the ``boxes`` pooling averages at inference.
+    POOL_MIN_SCORE = 0.3
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        *,
+        image_loss_weight: float = 1.0,
+        image_head_pool: Literal["image", "boxes"] = "image",
+        **kwargs,
+    ):
         super().__init__(backbone, num_classes, **kwargs)
         num_levels = len(self.rpn.anchor_generator.sizes)
         self.image_head = ImageHead(int(backbone.out_channels), num_levels)
         self.image_loss_weight = float(image_loss_weight)
+        if image_head_pool not in ("image", "boxes"):
+            raise ValueError(f"unknown image_head_pool {image_head_pool!r}: choose 'image' or 'boxes'")
+        self.image_head_pool = image_head_pool
 
     def forward(  # type: ignore[override]
         self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
@@ -234,8 +284,18 @@ class AssessmentRCNN(FasterRCNN):
             features = OrderedDict([("0", features)])
         proposals, proposal_losses = self.rpn(image_list, features, targets)
         detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
-        padded = image_list.tensors.shape[-2:]
-        logits = self.image_head(features, image_list.image_sizes, (int(padded[0]), int(padded[1])))
+        padded = (int(image_list.tensors.shape[-2]), int(image_list.tensors.shape[-1]))
+        if self.image_head_pool == "boxes":
+            # Training pools inside the ground-truth boxes, inference inside the detector's own.
+            regions = (
+                [target["boxes"] for target in targets]
+                if self.training
+                else [d["boxes"][d["scores"] >= self.POOL_MIN_SCORE] for d in detections]
+            )
+            pooled = self.image_head.pool_in_boxes(features, regions, image_list.image_sizes, padded)
+        else:
+            pooled = self.image_head.pool(features, image_list.image_sizes, padded)
+        logits = self.image_head.classifier(self.image_head.dropout(pooled))
         if self.training:
             truth = torch.stack([target["image_label"] for target in targets]).to(logits.device) - 1
             return {

@@ -116,6 +116,11 @@ class TrainConfig(BaseModel):
         "the decision rule (version 2) then mixes its probabilities into the box evidence",
     )
     image_loss_weight: float = Field(1.0, gt=0, description="weight of the image head's loss")
+    image_head_pool: Literal["image", "boxes"] = Field(
+        "image",
+        description="where the image head averages the features: the whole image, or inside the boxes "
+        "(ground truth in training, the detector's own at inference)",
+    )
     image_weight: float = Field(
         0.5,
         ge=0,
@@ -279,7 +284,11 @@ def _architecture(config: TrainConfig) -> dict[str, Any]:
         "anchor_aspect_ratios": [0.5, 1.0, 2.0],
     }
     if config.image_head and config.task == "assess":
-        architecture |= {"image_head": True, "image_loss_weight": config.image_loss_weight}
+        architecture |= {
+            "image_head": True,
+            "image_loss_weight": config.image_loss_weight,
+            "image_head_pool": config.image_head_pool,
+        }
     return architecture
 
 
