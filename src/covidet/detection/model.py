@@ -186,10 +186,18 @@ class ImageHead(nn.Module):
         features: OrderedDict[str, torch.Tensor],
         image_sizes: list[tuple[int, int]],
         padded_size: tuple[int, int],
+        boxes: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``features``: FPN levels ``[B, C, h, w]`` of the padded batch ``[B, 3, *padded_size]``;
-        ``image_sizes``: each image's ``(H, W)`` before padding. Returns logits ``[B, num_classes]``."""
-        return self.classifier(self.dropout(self.pool(features, image_sizes, padded_size)))
+        ``image_sizes``: each image's ``(H, W)`` before padding; ``boxes``: per image, ``[K, 4]`` regions to
+        average inside (:meth:`pool_in_boxes`), or ``None`` for the whole image (:meth:`pool`).
+        Returns logits ``[B, num_classes]``."""
+        pooled = (
+            self.pool(features, image_sizes, padded_size)
+            if boxes is None
+            else self.pool_in_boxes(features, boxes, image_sizes, padded_size)
+        )
+        return self.classifier(self.dropout(pooled))
 
     @staticmethod
     def pool(
@@ -285,6 +293,7 @@ class AssessmentRCNN(FasterRCNN):
         proposals, proposal_losses = self.rpn(image_list, features, targets)
         detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
         padded = (int(image_list.tensors.shape[-2]), int(image_list.tensors.shape[-1]))
+        regions = None
         if self.image_head_pool == "boxes":
             # Training pools inside the ground-truth boxes, inference inside the detector's own.
             regions = (
@@ -292,10 +301,7 @@ class AssessmentRCNN(FasterRCNN):
                 if self.training
                 else [d["boxes"][d["scores"] >= self.POOL_MIN_SCORE] for d in detections]
             )
-            pooled = self.image_head.pool_in_boxes(features, regions, image_list.image_sizes, padded)
-        else:
-            pooled = self.image_head.pool(features, image_list.image_sizes, padded)
-        logits = self.image_head.classifier(self.image_head.dropout(pooled))
+        logits = self.image_head(features, image_list.image_sizes, padded, regions)
         if self.training:
             truth = torch.stack([target["image_label"] for target in targets]).to(logits.device) - 1
             return {
