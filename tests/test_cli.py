@@ -221,6 +221,13 @@ def test_train_with_image_head_bundles_it_and_evaluate_uses_rule_two(data_root: 
     report = json.loads(evaluated.stdout)
     assert report["decision"]["rule"] == "max-score-v2" and report["decision"]["image_weight"] == 0.4
     assert report["image"]["n"] == 24
+    xray = data_root / "images" / "covid19" / sorted(os.listdir(data_root / "images" / "covid19"))[0]
+    predicted = run([*COVIDET, "predict", str(xray), "--model", str(out / "bundle")], data_root)
+    assert predicted.returncode == 0, predicted.stderr
+    (record,) = json.loads(predicted.stdout)
+    head = record["assessment"]["image_head"]
+    assert head["weight"] == 0.4 and set(head["probabilities"]) == {"covid19", "pneumonia", "normal"}
+    assert abs(sum(head["probabilities"].values()) - 1.0) < 1e-4
 
 
 def test_bad_dataset_path_is_one_line_error(data_root: Path, tmp_path: Path) -> None:
@@ -286,6 +293,7 @@ def test_predict_dicom_png_and_jpeg_with_the_shipped_bundle(
         assert assessment["label"] in {"covid19", "pneumonia", "normal"}
         assert sum(assessment["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         assert assessment["threshold"] == card["decision"]["threshold"]
+        assert "image_head" not in assessment  # the shipped model has no image head
         for finding in record["findings"]:
             x1, y1, x2, y2 = finding["box"]
             assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height  # original-image pixels

@@ -20,7 +20,7 @@ from covidet import DISCLAIMER
 from covidet.detection.bundle import BundleError, default_bundle_path, load_bundle
 from covidet.detection.decision import DEFAULT_THRESHOLD, assess, image_weight_of
 from covidet.detection.transforms import resize_image
-from covidet.domain import Assessment, Box, Finding, label_from_model_id
+from covidet.domain import CLASS_NAMES, Assessment, Box, Finding, Label, label_from_model_id
 from covidet.imaging import XRayImage
 
 __all__ = ["DEFAULT_MIN_SCORE", "Prediction", "Predictor", "draw_prediction", "draw_saliency"]
@@ -42,15 +42,27 @@ class Prediction:
     findings: list[Finding]
     assessment: Assessment
     seconds: float
+    #: The image head's own probabilities (covid19 / pneumonia / normal), before they are mixed with the
+    #: box evidence; ``None`` for a model without an image head.
+    image_head_probabilities: dict[Label, float] | None = None
+    #: The weight the decision rule gave them (``decision.image_weight`` in the model card).
+    image_weight: float = 0.0
 
     def to_json(self, *, model_name: str, model_version: str) -> dict[str, Any]:
-        """The JSON record of ``covidet predict`` (without ``file``)."""
+        """The JSON record of ``covidet predict`` (without ``file``). ``assessment.image_head`` is present
+        only for a model with an image head: its own probabilities and the weight rule v2 gave them."""
+        assessment: dict[str, Any] = {
+            "label": self.assessment.label.value,
+            "probabilities": {k.value: round(v, 6) for k, v in self.assessment.probabilities.items()},
+            "threshold": self.assessment.threshold,
+        }
+        if self.image_head_probabilities is not None:
+            assessment["image_head"] = {
+                "probabilities": {k.value: round(v, 6) for k, v in self.image_head_probabilities.items()},
+                "weight": self.image_weight,
+            }
         return {
-            "assessment": {
-                "label": self.assessment.label.value,
-                "probabilities": {k.value: round(v, 6) for k, v in self.assessment.probabilities.items()},
-                "threshold": self.assessment.threshold,
-            },
+            "assessment": assessment,
             "findings": [
                 {
                     "box": [round(c, 1) for c in f.box.as_list()],
@@ -230,6 +242,10 @@ class Predictor:
                 image_weight=self.image_weight,
             ),
             seconds=seconds,
+            image_head_probabilities=None
+            if image_probs is None
+            else {name: float(p) for name, p in zip(CLASS_NAMES, image_probs, strict=True)},
+            image_weight=self.image_weight,
         )
 
     def _findings(self, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> list[Finding]:
