@@ -11,6 +11,11 @@ same val-split predictions at ``w`` = 0 (boxes only: what the detector part alon
 Covid-19 sensitivity and temperature fitted on the other folds). It is an ablation, reported for every
 ``w``: picking the best ``w`` off these figures would be tuning on val, so the shipped ``w`` stays the one
 fixed before training unless a train-split measurement says otherwise.
+
+``head_label_by_detection`` counts, per true label, the image head's own label on images where the
+detector found a box scoring >= ``AssessmentRCNN.POOL_MIN_SCORE`` and on images where it found none. For
+a head pooled inside the boxes (``--image-head-pool boxes``) the second group is pooled over the whole
+image instead: a head whose label follows the group rather than the image reads where it pooled.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from covidet.detection.calibrate import patient_folds
 from covidet.detection.data import load_records
 from covidet.detection.decision import combined_evidence, image_weight_of
 from covidet.detection.evaluate import infer_records
-from covidet.domain import model_id_from_label
+from covidet.detection.model import AssessmentRCNN
+from covidet.domain import CLASS_NAMES, model_id_from_label
 from decision_rules import rule_figures
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -50,6 +56,14 @@ def main() -> None:
         )
         results[str(weight)] = rule_figures(evidence, truth, folds)
         print(weight, json.dumps(results[str(weight)]), flush=True)
+    by_detection: dict[str, dict[str, dict[str, int]]] = {}
+    for prediction, record in zip(predictions, records, strict=True):
+        found = bool(np.any(np.asarray(prediction.scores) >= AssessmentRCNN.POOL_MIN_SCORE))
+        group = "detections" if found else "no_detections"
+        head_label = CLASS_NAMES[int(np.argmax(prediction.image_probs))].value
+        counts = by_detection.setdefault(record.label.value, {}).setdefault(group, {})
+        counts[head_label] = counts.get(head_label, 0) + 1
+    print("head label by detection:", json.dumps(by_detection), flush=True)
     report = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]),
@@ -59,6 +73,8 @@ def main() -> None:
         "images": len(records),
         "note": "an ablation on val: every weight is reported; none is selected from these figures",
         "results": results,
+        "image_head_pool": card["architecture"].get("image_head_pool", "image"),
+        "head_label_by_detection": by_detection,
     }
     write_report(report, args.out)
 

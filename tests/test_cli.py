@@ -195,6 +195,8 @@ def test_train_with_image_head_bundles_it_and_evaluate_uses_rule_two(data_root: 
         data_root,
     )
     assert trained.returncode == 0, trained.stderr
+    # The tiny tier's box-less normals would be pooled over the whole image: training says so.
+    assert "have no boxes: the box-pooled image head" in trained.stderr
     card = read_model_card(out / "bundle")
     assert card["architecture"]["image_head"] is True and card["architecture"]["image_head_pool"] == "boxes"
     assert card["decision"]["rule"] == "max-score-v2" and card["decision"]["image_weight"] == 0.4

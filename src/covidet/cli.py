@@ -116,7 +116,11 @@ def train(
     ] = False,
     image_loss_weight: Annotated[float, typer.Option(help="weight of the image head's loss")] = 1.0,
     image_head_pool: Annotated[
-        str, typer.Option(help="image head averages over: image | boxes (ground truth / detected)")
+        str,
+        typer.Option(
+            help="image head averages over: image | boxes (ground truth / detected; give box-less "
+            "training images boxes with --extra-boxes)"
+        ),
     ] = "image",
     image_weight: Annotated[
         float, typer.Option(help="with --image-head: the image head's share of the decision evidence")

@@ -360,6 +360,18 @@ def train(config: TrainConfig) -> TrainResult:
             len(train_records) - len(kept),
         )
         train_records = kept
+    if config.image_head and config.image_head_pool == "boxes" and config.task == "assess":
+        boxless = sum(1 for r in train_records if not len(r.boxes))
+        if boxless:
+            # Measured (docs/training.md): such a head learned "pooled over the whole image" = normal.
+            logger.warning(
+                "%d of %d training images have no boxes: the box-pooled image head averages over the "
+                "whole image on them in training, but inside the detector's boxes at inference wherever "
+                "it finds one, and it can learn that difference instead of the lungs; give them boxes "
+                "with --extra-boxes (from `covidet propose-boxes`)",
+                boxless,
+                len(train_records),
+            )
     common_scale = Compose([ResizeLongerSide(config.size)])
     train_set: Dataset = DetectionDataset(
         train_records, build_train_transform(size=config.size) if config.augment else common_scale
