@@ -6,8 +6,9 @@
 
 What it does:
 
-1. Weights. The shipped bundle's when its backbone is ``--backbone`` (its input size set to ``--size``);
-   otherwise a *trained-like* initialisation (:func:`trained_like_detector`): from-scratch weights whose
+1. Weights. A trained bundle given with ``--model`` (its backbone must be ``--backbone``); else the shipped
+   bundle's when its backbone is ``--backbone`` (input size set to ``--size`` in both cases); otherwise a
+   *trained-like* initialisation (:func:`trained_like_detector`): from-scratch weights whose
    BatchNorm statistics are re-estimated on real train-split X-rays and whose output layers are scaled to
    give logits with a spread like a trained model's, so activations stay finite and the detector
    produces boxes (random weights can overflow to NaN, and zero-initialised heads give flat scores that
@@ -142,17 +143,32 @@ def _real_images(split: str, size: int, count: int) -> list[torch.Tensor]:
     return [dataset[i][0].expand(3, -1, -1).contiguous() for i in range(len(dataset))]
 
 
-def make_bundle(backbone: str, size: int, out: Path, calibration: int) -> str:
-    """Write the benchmarked bundle into ``out``; returns a description of its weights."""
-    shipped = default_bundle_path()
-    if shipped is not None and read_model_card(shipped)["architecture"]["backbone"] == backbone:
-        card = read_model_card(shipped)
-        shutil.copy2(shipped / card["weights"]["file"], out / card["weights"]["file"])
+def make_bundle(
+    backbone: str, size: int, out: Path, calibration: int, model_bundle: Path | None = None
+) -> str:
+    """Write the benchmarked bundle into ``out``; returns a description of its weights.
+
+    ``model_bundle`` (``--model``) is a trained bundle to benchmark; its backbone must be ``backbone``.
+    Without it the shipped bundle is used when its backbone is ``backbone``, else a trained-like
+    initialisation.
+    """
+    source = model_bundle
+    if source is not None:
+        if read_model_card(source)["architecture"]["backbone"] != backbone:
+            raise SystemExit(f"--model {source} is not a {backbone} bundle")
+    else:
+        shipped = default_bundle_path()
+        if shipped is not None and read_model_card(shipped)["architecture"]["backbone"] == backbone:
+            source = shipped
+    if source is not None:
+        card = read_model_card(source)
+        shutil.copy2(source / card["weights"]["file"], out / card["weights"]["file"])
         card["architecture"]["min_size"] = card["architecture"]["max_size"] = size
         card.pop("accelerated", None)
         (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-        trained_at = read_model_card(shipped)["architecture"]["max_size"]
-        return f"shipped bundle {card['name']} {card['version']} (trained at {trained_at} px)"
+        trained_at = read_model_card(source)["architecture"]["max_size"]
+        kind = "trained bundle" if model_bundle is not None else "shipped bundle"
+        return f"{kind} {card['name']} {card['version']} (trained at {trained_at} px)"
     images = _real_images("train", size, calibration)
     model = trained_like_detector(backbone, size, images)
     save_bundle(
@@ -224,6 +240,9 @@ def main() -> None:
     )
     parser.add_argument("--backbone", default="resnet101")
     parser.add_argument("--size", type=int, default=800)
+    parser.add_argument(
+        "--model", type=Path, default=None, help="trained bundle (default: shipped or trained-like weights)"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds over --images images")
     parser.add_argument("--images", type=int, default=4, help="real val X-rays timed per round")
     parser.add_argument("--calibration-images", type=int, default=32)
@@ -254,7 +273,7 @@ def main() -> None:
     try:
         bundle = args.keep or work / "bundle"
         bundle.mkdir(parents=True, exist_ok=True)
-        weights = make_bundle(args.backbone, args.size, bundle, args.calibration_images)
+        weights = make_bundle(args.backbone, args.size, bundle, args.calibration_images, args.model)
         logger.info("weights: %s", weights)
         section = export_bundle(
             bundle,
