@@ -53,7 +53,13 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from covidet.detection.accelerated import Variant, load_variant
-from covidet.detection.bundle import default_bundle_path, load_bundle, read_model_card, save_bundle
+from covidet.detection.bundle import (
+    BundleError,
+    default_bundle_path,
+    load_bundle,
+    read_model_card,
+    save_bundle,
+)
 from covidet.detection.data import DetectionDataset, load_records
 from covidet.detection.decision import RULE_NAME
 from covidet.detection.export import export_bundle
@@ -152,11 +158,8 @@ def make_bundle(
     Without it the shipped bundle is used when its backbone is ``backbone``, else a trained-like
     initialisation.
     """
-    source = model_bundle
-    if source is not None:
-        if read_model_card(source)["architecture"]["backbone"] != backbone:
-            raise SystemExit(f"--model {source} is not a {backbone} bundle")
-    else:
+    source = model_bundle  # main() has checked that its backbone is ``backbone``
+    if source is None:
         shipped = default_bundle_path()
         if shipped is not None and read_model_card(shipped)["architecture"]["backbone"] == backbone:
             source = shipped
@@ -265,6 +268,13 @@ def main() -> None:
         logging.getLogger().setLevel(logging.WARNING)
         _rss_probe(args.bundle, args.rss_probe, args.files)
         return
+    if args.model is not None:
+        try:  # before any work: a wrong path fails at once, with the reason
+            backbone = read_model_card(args.model)["architecture"]["backbone"]
+        except BundleError as error:
+            sys.exit(f"--model: {error}")
+        if backbone != args.backbone:
+            sys.exit(f"--model {args.model} is a {backbone} bundle, not {args.backbone}")
     if not (_data_root() / "manifest.csv").is_file():
         sys.exit("set COVIDET_DATA to the chest X-ray dataset folder (real images are benchmarked)")
     load_before = os.getloadavg()
