@@ -165,11 +165,11 @@ def make_bundle(
             source = shipped
     if source is not None:
         card = read_model_card(source)
+        trained_at = card["architecture"]["max_size"]  # before the size below overwrites it
         shutil.copy2(source / card["weights"]["file"], out / card["weights"]["file"])
         card["architecture"]["min_size"] = card["architecture"]["max_size"] = size
         card.pop("accelerated", None)
         (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-        trained_at = read_model_card(source)["architecture"]["max_size"]
         kind = "trained bundle" if model_bundle is not None else "shipped bundle"
         return f"{kind} {card['name']} {card['version']} (trained at {trained_at} px)"
     images = _real_images("train", size, calibration)
