@@ -28,8 +28,11 @@ ones; the probe's train-CV figures are optimistic, its val figures are not.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,6 +59,20 @@ _HEAD_POOL = {"image": "image", "lungs": "boxes"}
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
+def probe_images(records: list[ImageRecord], size: int, degrade: int | None) -> Iterator[torch.Tensor]:
+    """Each record's X-ray as the detector sees it: float ``[3, H, W]`` in ``[0, 1]``, longer side
+    ``size``; first down-sampled to ``degrade`` px and back when given (the stability check). With a
+    progress bar."""
+    degrader = DownsampleRoundTrip(degrade) if degrade else None
+    for record in tqdm(
+        records, desc=f"features{' at ' + str(degrade) + ' px' if degrade else ''}", unit="image"
+    ):
+        pixels = torch.from_numpy(np.ascontiguousarray(read_image(record.path).pixels, np.float32))[None]
+        if degrader is not None:
+            pixels, _ = degrader(pixels, {"boxes": torch.zeros((0, 4))})
+        yield resize_image(pixels, size).expand(3, -1, -1)
+
+
 @torch.inference_mode()
 def pooled_features(
     model: torch.nn.Module,
@@ -68,15 +85,8 @@ def pooled_features(
     """``[N, levels*256]``: each FPN level of ``model`` averaged over the image (``pool="image"``, the
     image head's pooling) or over the cells inside the detector's own boxes scoring >= ``min_box_score``,
     any class (``pool="lungs"``; the whole image when there is none), per image."""
-    degrader = DownsampleRoundTrip(degrade) if degrade else None
     rows = []
-    for record in tqdm(
-        records, desc=f"features{' at ' + str(degrade) + ' px' if degrade else ''}", unit="image"
-    ):
-        pixels = torch.from_numpy(np.ascontiguousarray(read_image(record.path).pixels, np.float32))[None]
-        if degrader is not None:
-            pixels, _ = degrader(pixels, {"boxes": torch.zeros((0, 4))})
-        image = resize_image(pixels, size).expand(3, -1, -1)
+    for image in probe_images(records, size, degrade):
         batch, _ = model.transform([image])
         levels = model.backbone(batch.tensors)
         padded = (int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1]))
@@ -104,6 +114,50 @@ def _scores(truth: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
         "pneumonia_sensitivity": float((predicted[truth == 1] == 1).mean()),
         "normal_sensitivity": float((predicted[truth == 2] == 2).mean()),
     }
+
+
+@dataclass(frozen=True)
+class FittedProbe:
+    """:func:`fit_probe`'s result: the probe fitted on all of train, its val probabilities ``[N, 3]``
+    and the report entries (``train_cv_macro_f1_by_C``, ``chosen_C_by_train_cv``, ``val``)."""
+
+    probe: Any
+    probabilities: np.ndarray
+    report: dict[str, Any]
+
+
+def fit_probe(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    groups: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    x_low: np.ndarray,
+    val: list[ImageRecord],
+) -> FittedProbe:
+    """The probe protocol: ``C`` chosen by 5-fold cross-validation on train grouped by patient
+    (``groups``; macro F1), fitted on all of train, scored once on val (``x_val``), with per-source
+    accuracy and label stability against ``x_low`` (the val features after down-sampling to 224 px)."""
+    train_cv = {}
+    for c in C_GRID:
+        predicted = cross_val_predict(_probe(c), x_train, y_train, groups=groups, cv=GroupKFold(5))
+        train_cv[str(c)] = f1_score(y_train, predicted, average="macro")
+    chosen = float(max(train_cv, key=train_cv.get))
+    probe = _probe(chosen).fit(x_train, y_train)
+    probabilities = probe.predict_proba(x_val)
+    predicted = probabilities.argmax(1)
+    per_source: dict[str, dict[str, int]] = {}
+    for record, label, truth in zip(val, predicted, y_val, strict=True):
+        entry = per_source.setdefault(record.source or "unknown", {"n": 0, "correct": 0})
+        entry["n"] += 1
+        entry["correct"] += int(label == truth)
+    report = {
+        "train_cv_macro_f1_by_C": train_cv,
+        "chosen_C_by_train_cv": chosen,
+        "val": _scores(y_val, probabilities)
+        | {"stability_224": float((probe.predict(x_low) == predicted).mean()), "per_source": per_source},
+    }
+    return FittedProbe(probe, probabilities, report)
 
 
 def with_probe_head(model: torch.nn.Module, card: dict, probe: object, pool: str) -> AssessmentRCNN:
@@ -203,20 +257,8 @@ def main() -> None:
     x_train = pooled_features(model, train, size, None, args.pool)
     x_val = pooled_features(model, val, size, None, args.pool)
     x_low = pooled_features(model, val, size, 224, args.pool)
-    groups = np.array([r.patient_id for r in train])
-    train_cv = {}
-    for c in C_GRID:
-        predicted = cross_val_predict(_probe(c), x_train, y_train, groups=groups, cv=GroupKFold(5))
-        train_cv[str(c)] = f1_score(y_train, predicted, average="macro")
-    chosen = float(max(train_cv, key=train_cv.get))
-    probe = _probe(chosen).fit(x_train, y_train)
-    probabilities = probe.predict_proba(x_val)
-    predicted = probabilities.argmax(1)
-    per_source: dict[str, dict[str, int]] = {}
-    for record, label, truth in zip(val, predicted, y_val, strict=True):
-        entry = per_source.setdefault(record.source or "unknown", {"n": 0, "correct": 0})
-        entry["n"] += 1
-        entry["correct"] += int(label == truth)
+    found = fit_probe(x_train, y_train, np.array([r.patient_id for r in train]), x_val, y_val, x_low, val)
+    probe, probabilities = found.probe, found.probabilities
     val_by_c = {str(c): _scores(y_val, _probe(c).fit(x_train, y_train).predict_proba(x_val)) for c in C_GRID}
     report = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -226,10 +268,7 @@ def main() -> None:
         + ("the image" if args.pool == "image" else "the detector's own boxes scoring >= 0.3")
         + ")",
         "pool": args.pool,
-        "train_cv_macro_f1_by_C": train_cv,
-        "chosen_C_by_train_cv": chosen,
-        "val": _scores(y_val, probabilities)
-        | {"stability_224": float((probe.predict(x_low) == predicted).mean()), "per_source": per_source},
+        **found.report,
         "val_by_C_not_for_selection": val_by_c,
     }
     if args.write_bundle is not None:
@@ -240,7 +279,7 @@ def main() -> None:
             args.write_bundle,
             image_weight=args.image_weight,
             data=data,
-            chosen_c=chosen,
+            chosen_c=found.report["chosen_C_by_train_cv"],
             expected_val_probabilities=probabilities,
             pool=args.pool,
         )

@@ -141,6 +141,10 @@ def train(
     amp: Annotated[
         bool, typer.Option(help="mixed precision: fp16 on CUDA, bf16 on CPUs with bf16 instructions")
     ] = False,
+    init_backbone: Annotated[
+        Path | None,
+        typer.Option(help="start the backbone from `covidet pretrain`'s backbone.pt (self-supervised)"),
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option(help="checkpoint to resume (e.g. runs/train/last.pt)")
     ] = None,
@@ -154,6 +158,7 @@ def train(
 
     from covidet.detection.data import DatasetError
     from covidet.detection.engine import NonFiniteLossError
+    from covidet.detection.pretrain import BackboneFileError
     from covidet.detection.train import TrainConfig
     from covidet.detection.train import train as run_training
 
@@ -192,6 +197,7 @@ def train(
             workers=workers,
             device=device,
             amp=amp,
+            init_backbone=init_backbone,
             resume=resume,
             name=name,
             show_progress=progress,
@@ -201,7 +207,7 @@ def train(
         raise _fail(f"--{'-'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     try:
         result = run_training(config)
-    except (DatasetError, NonFiniteLossError, FileNotFoundError) as error:
+    except (DatasetError, NonFiniteLossError, FileNotFoundError, BackboneFileError) as error:
         raise _fail(str(error)) from None
     if result.bundle is not None:
         typer.echo(
@@ -396,6 +402,78 @@ def calibrate(
     except (DatasetError, BundleError, ValueError) as error:
         raise _fail(str(error)) from None
     typer.echo(json.dumps(decision, indent=2))
+
+
+@app.command()
+def pretrain(
+    data: DataOption = None,
+    out: Annotated[Path, typer.Option(help="run folder: backbone.pt, metrics.csv")] = Path("runs/pretrain"),
+    tier: TierOption = None,
+    split: Annotated[str, typer.Option(help="split whose images (not labels) are used")] = "train",
+    backbone: Annotated[
+        str, typer.Option(help="resnet101 | resnet50 | resnet18 | mobilenet_v3_large")
+    ] = "mobilenet_v3_large",
+    norm: Annotated[str, typer.Option(help="batch | group")] = "batch",
+    size: Annotated[int, typer.Option(help="side of the square views, pixels")] = 224,
+    cache_size: Annotated[int, typer.Option(help="longer side images are decoded to, before cropping")] = 320,
+    epochs: Annotated[int, typer.Option(help="epochs over the images")] = 100,
+    batch_size: Annotated[int, typer.Option(help="images per step (two views each)")] = 64,
+    lr: Annotated[float, typer.Option(help="peak AdamW learning rate")] = 2e-3,
+    temperature: Annotated[float, typer.Option(help="NT-Xent temperature")] = 0.2,
+    max_minutes: Annotated[float | None, typer.Option(help="wall-clock budget in minutes")] = None,
+    max_iterations: Annotated[int | None, typer.Option(help="cap on steps per epoch")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    workers: Annotated[int, typer.Option(help="data-loading processes")] = 1,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+) -> None:
+    """Self-supervised (SimCLR) pretraining of the backbone on the images of SPLIT; writes OUT/backbone.pt
+    for `covidet train --init-backbone`. Labels are not read."""
+    settings = _setup(threads=threads)
+    from pydantic import ValidationError
+
+    from covidet.detection.data import DatasetError
+    from covidet.detection.pretrain import PretrainConfig
+    from covidet.detection.pretrain import pretrain as run_pretraining
+
+    try:
+        config = PretrainConfig(
+            data=str(data or settings.data) if (data or settings.data) else None,
+            out=out,
+            tier=tier,
+            split=split,
+            backbone=backbone,
+            norm=norm,
+            size=size,
+            cache_size=cache_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            temperature=temperature,
+            max_minutes=max_minutes,
+            max_iterations_per_epoch=max_iterations,
+            seed=seed,
+            workers=workers,
+            show_progress=progress,
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise _fail(f"--{'-'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    try:
+        result = run_pretraining(config)
+    except (DatasetError, FloatingPointError) as error:
+        raise _fail(str(error)) from None
+    typer.echo(
+        json.dumps(
+            {
+                "weights": str(result.weights),
+                "epochs": result.epochs,
+                "final_loss": result.final_loss,
+                "final_pair_accuracy": result.final_pair_accuracy,
+                "stopped_because": result.stopped_because,
+            }
+        )
+    )
 
 
 # --- propose-boxes command ---

@@ -45,6 +45,7 @@ from covidet.detection.engine import (
     train_one_epoch,
 )
 from covidet.detection.model import Backbone, Norm, build_detector
+from covidet.detection.pretrain import load_backbone_weights
 from covidet.detection.transforms import Compose, ResizeLongerSide, build_train_transform
 from covidet.domain import Label
 
@@ -144,6 +145,11 @@ class TrainConfig(BaseModel):
         description="decode and resize each training image to the common scale once (kept in memory as "
         "float16, about size^2 x 2 bytes per image) instead of every epoch; augmentations still run "
         "on every access",
+    )
+    init_backbone: Path | None = Field(
+        None,
+        description="backbone.pt from `covidet pretrain` (self-supervised): the backbone body starts from "
+        "it instead of from scratch; the FPN, RPN and heads still start from scratch",
     )
     resume: Path | None = Field(None, description="checkpoint to resume from (e.g. runs/train/last.pt)")
     name: str = Field("covidet-detector", description="model name written into the bundle")
@@ -411,6 +417,16 @@ def train(config: TrainConfig) -> TrainResult:
     model = build_detector(
         **{**architecture, "anchor_aspect_ratios": tuple(architecture["anchor_aspect_ratios"])}
     )
+    if config.init_backbone is not None and config.resume is None:
+        pretrained = load_backbone_weights(
+            model, config.init_backbone, backbone=config.backbone, norm=config.norm
+        )
+        logger.info(
+            "backbone body from %s (self-supervised, %d epochs, final NT-Xent loss %.3f)",
+            config.init_backbone,
+            len(pretrained["history"]),
+            pretrained["history"][-1]["loss"] if pretrained["history"] else math.nan,
+        )
     if device.type == "cuda" and world_size > 1 and config.norm == "batch":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
