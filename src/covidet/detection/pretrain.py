@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from covidet.detection.data import DatasetError, DetectionDataset, load_records
 from covidet.detection.model import Backbone, Norm, build_detector
+from covidet.detection.train import _seed_everything, _worker_init
 from covidet.detection.transforms import Compose, RandomContrast, RandomResolution, ResizeLongerSide
 
 __all__ = [
@@ -202,18 +202,6 @@ def load_backbone_weights(model: nn.Module, path: Path, *, backbone: str, norm: 
         )
     model.backbone.body.load_state_dict(saved["state_dict"])
     return {key: value for key, value in saved.items() if key != "state_dict"}
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _worker_init(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def pretrain(config: PretrainConfig) -> PretrainResult:

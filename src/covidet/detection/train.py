@@ -45,7 +45,6 @@ from covidet.detection.engine import (
     train_one_epoch,
 )
 from covidet.detection.model import Backbone, Norm, build_detector
-from covidet.detection.pretrain import load_backbone_weights
 from covidet.detection.transforms import Compose, ResizeLongerSide, build_train_transform
 from covidet.domain import Label
 
@@ -418,6 +417,9 @@ def train(config: TrainConfig) -> TrainResult:
         **{**architecture, "anchor_aspect_ratios": tuple(architecture["anchor_aspect_ratios"])}
     )
     if config.init_backbone is not None and config.resume is None:
+        # Imported here: covidet.detection.pretrain builds on this module (seeding, worker init).
+        from covidet.detection.pretrain import load_backbone_weights
+
         pretrained = load_backbone_weights(
             model, config.init_backbone, backbone=config.backbone, norm=config.norm
         )
