@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from tqdm import tqdm
@@ -49,6 +49,20 @@ def _setup(log_level: str | None = None, threads: int | None = None) -> Any:
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+T = TypeVar("T")
+
+
+def _options_model(model: type[T], **options: Any) -> T:
+    """``model(**options)`` (a pydantic config), or exit with the first invalid option as a one-line error."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**options)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise _fail(f"--{'-'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
 
 
 def _bundle_path(model: Path | None, settings: Any) -> Path:
@@ -154,57 +168,52 @@ def train(
 ) -> None:
     """Train the Faster R-CNN detector; writes checkpoints, metrics.csv and a model bundle under OUT."""
     settings = _setup(threads=threads)
-    from pydantic import ValidationError
-
     from covidet.detection.data import DatasetError
     from covidet.detection.engine import NonFiniteLossError
     from covidet.detection.pretrain import BackboneFileError
     from covidet.detection.train import TrainConfig
     from covidet.detection.train import train as run_training
 
-    try:
-        config = TrainConfig(
-            data=str(data or settings.data) if (data or settings.data) else None,
-            out=out,
-            tier=tier,
-            train_split=train_split,
-            val_split=val_split,
-            backbone=backbone,
-            norm=norm,
-            size=size,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_iterations=warmup,
-            max_iterations_per_epoch=max_iterations,
-            max_minutes=max_minutes,
-            val_every=val_every,
-            patience=patience,
-            monitor=monitor,
-            balance=balance,
-            skip_boxless_disease=skip_boxless_disease,
-            augment=augment,
-            image_head=image_head,
-            image_loss_weight=image_loss_weight,
-            image_head_pool=image_head_pool,
-            image_weight=image_weight,
-            extra_boxes=extra_boxes,
-            extra_boxes_min_score=extra_boxes_min_score,
-            task=task,
-            threshold=threshold,
-            seed=seed,
-            workers=workers,
-            device=device,
-            amp=amp,
-            init_backbone=init_backbone,
-            resume=resume,
-            name=name,
-            show_progress=progress,
-        )
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise _fail(f"--{'-'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    config = _options_model(
+        TrainConfig,
+        data=str(data or settings.data) if (data or settings.data) else None,
+        out=out,
+        tier=tier,
+        train_split=train_split,
+        val_split=val_split,
+        backbone=backbone,
+        norm=norm,
+        size=size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_iterations=warmup,
+        max_iterations_per_epoch=max_iterations,
+        max_minutes=max_minutes,
+        val_every=val_every,
+        patience=patience,
+        monitor=monitor,
+        balance=balance,
+        skip_boxless_disease=skip_boxless_disease,
+        augment=augment,
+        image_head=image_head,
+        image_loss_weight=image_loss_weight,
+        image_head_pool=image_head_pool,
+        image_weight=image_weight,
+        extra_boxes=extra_boxes,
+        extra_boxes_min_score=extra_boxes_min_score,
+        task=task,
+        threshold=threshold,
+        seed=seed,
+        workers=workers,
+        device=device,
+        amp=amp,
+        init_backbone=init_backbone,
+        resume=resume,
+        name=name,
+        show_progress=progress,
+    )
     try:
         result = run_training(config)
     except (DatasetError, NonFiniteLossError, FileNotFoundError, BackboneFileError) as error:
@@ -430,35 +439,30 @@ def pretrain(
     """Self-supervised (SimCLR) pretraining of the backbone on the images of SPLIT; writes OUT/backbone.pt
     for `covidet train --init-backbone`. Labels are not read."""
     settings = _setup(threads=threads)
-    from pydantic import ValidationError
-
     from covidet.detection.data import DatasetError
     from covidet.detection.pretrain import PretrainConfig
     from covidet.detection.pretrain import pretrain as run_pretraining
 
-    try:
-        config = PretrainConfig(
-            data=str(data or settings.data) if (data or settings.data) else None,
-            out=out,
-            tier=tier,
-            split=split,
-            backbone=backbone,
-            norm=norm,
-            size=size,
-            cache_size=cache_size,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            temperature=temperature,
-            max_minutes=max_minutes,
-            max_iterations_per_epoch=max_iterations,
-            seed=seed,
-            workers=workers,
-            show_progress=progress,
-        )
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise _fail(f"--{'-'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    config = _options_model(
+        PretrainConfig,
+        data=str(data or settings.data) if (data or settings.data) else None,
+        out=out,
+        tier=tier,
+        split=split,
+        backbone=backbone,
+        norm=norm,
+        size=size,
+        cache_size=cache_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        temperature=temperature,
+        max_minutes=max_minutes,
+        max_iterations_per_epoch=max_iterations,
+        seed=seed,
+        workers=workers,
+        show_progress=progress,
+    )
     try:
         result = run_pretraining(config)
     except (DatasetError, FloatingPointError) as error:

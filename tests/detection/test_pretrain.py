@@ -138,3 +138,14 @@ def test_cli_pretrain_then_train_from_the_backbone(data_root: Path, tmp_path: Pa
     mismatched = [*train, "--backbone", "resnet18", "--init-backbone", str(pre / "backbone.pt")]
     wrong = runner.invoke(app, [*mismatched, "--out", str(run)])
     assert wrong.exit_code == 2 and "holds a mobilenet_v3_large" in wrong.output
+
+
+def test_cli_invalid_options_are_one_line_errors(data_root: Path) -> None:
+    runner = CliRunner()
+    too_small = runner.invoke(app, ["pretrain", "--data", str(data_root), "--size", "5"])
+    assert (
+        too_small.exit_code == 2
+        and "error: --size: Input should be greater than or equal to 32" in too_small.output
+    )
+    unknown = runner.invoke(app, ["train", "--data", str(data_root), "--backbone", "vgg"])
+    assert unknown.exit_code == 2 and "error: --backbone: Input should be 'resnet101'" in unknown.output
