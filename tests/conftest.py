@@ -27,6 +27,15 @@ def data_root() -> Path:
     return dataset_root()
 
 
+def manifest_images(root: Path, split: str) -> set[str]:
+    """The ``image`` column of the manifest rows of ``split``, read with the csv module alone, so that
+    tests compare covidet's loaders with the data set's own file whatever its version."""
+    import csv
+
+    with (root / "manifest.csv").open(newline="", encoding="utf-8") as handle:
+        return {row["image"] for row in csv.DictReader(handle) if row["split"] == split}
+
+
 @pytest.fixture(scope="session")
 def rg1_dicom() -> Path:
     """Real 16-bit MONOCHROME1 chest PA radiograph shipped by the PyPI package pydicom-data."""

@@ -170,6 +170,18 @@ def test_evaluate_writes_report_and_plots(trained_run: Path, data_root: Path, tm
     correct = round(image["accuracy"] * 24)
     assert sum(entry["correct"] for entry in report["per_source"].values()) == correct
     assert report["stability"]["side"] == 224 and 0 <= report["stability"]["unchanged"] <= 1
+    # The shortcut guards: every probe, the geometry baseline beside the model, within-source figures.
+    probes = report["stability_probes"]
+    assert set(probes) == {"downsample_224", "pad_to_square", "crop_border_8pct"}
+    assert probes["downsample_224"]["unchanged"] == report["stability"]["unchanged"]
+    assert report["geometry_baseline"]["fitted_on"] == "train" and report["geometry_baseline"]["n"] == 24
+    # The tiny tier: ieee8023 holds 8 covid19, 8 pneumonia and 3 normals; actualmed normals only.
+    assert list(report["within_source"]) == ["ieee8023"]
+    ieee = report["within_source"]["ieee8023"]
+    assert ieee["classes"] == ["covid19", "pneumonia"] and ieee["n"] == 16 and ieee["majority"] == 0.5
+    assert report["v1_rows"] is None  # every tiny row is a version-1 row: nothing to set apart
+    assert "shortcut guards (train, 24 images" in result.stderr
+    assert "width/height/aspect forest" in result.stderr
     for plot in ("confusion_matrix.png", "roc.png", "reliability.png"):
         with Image.open(tmp_path / plot) as picture:
             assert picture.size[0] > 100

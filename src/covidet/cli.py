@@ -159,6 +159,10 @@ def train(
         Path | None,
         typer.Option(help="start the backbone from `covidet pretrain`'s backbone.pt (self-supervised)"),
     ] = None,
+    init_model: Annotated[
+        Path | None,
+        typer.Option(help="fine-tune: start the whole detector from this bundle's weights (same network)"),
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option(help="checkpoint to resume (e.g. runs/train/last.pt)")
     ] = None,
@@ -168,6 +172,7 @@ def train(
 ) -> None:
     """Train the Faster R-CNN detector; writes checkpoints, metrics.csv and a model bundle under OUT."""
     settings = _setup(threads=threads)
+    from covidet.detection.bundle import BundleError
     from covidet.detection.data import DatasetError
     from covidet.detection.engine import NonFiniteLossError
     from covidet.detection.pretrain import BackboneFileError
@@ -210,13 +215,14 @@ def train(
         device=device,
         amp=amp,
         init_backbone=init_backbone,
+        init_model=init_model,
         resume=resume,
         name=name,
         show_progress=progress,
     )
     try:
         result = run_training(config)
-    except (DatasetError, NonFiniteLossError, FileNotFoundError, BackboneFileError) as error:
+    except (DatasetError, NonFiniteLossError, FileNotFoundError, BackboneFileError, BundleError) as error:
         raise _fail(str(error)) from None
     if result.bundle is not None:
         typer.echo(
@@ -247,6 +253,17 @@ def evaluate(
     stability_side: Annotated[
         int, typer.Option(help="also re-run with images down-sampled to this many px and back (0: skip)")
     ] = 224,
+    shape_probes: Annotated[
+        bool,
+        typer.Option(help="also re-run with images padded to a square and with 8% of each edge cropped"),
+    ] = True,
+    baseline_split: Annotated[
+        str,
+        typer.Option(
+            help="split on which the width/height/aspect baseline is fitted before it is scored on SPLIT "
+            "('' skips it)"
+        ),
+    ] = "train",
     saliency: Annotated[
         bool,
         typer.Option(
@@ -254,12 +271,19 @@ def evaluate(
             "(a few seconds per finding)"
         ),
     ] = False,
+    write_card: Annotated[
+        bool,
+        typer.Option(help="record the report in the model card under metrics.SPLIT (what the card shows)"),
+    ] = False,
 ) -> None:
-    """Evaluate a model bundle: COCO box metrics and image-level clinical metrics; prints JSON."""
+    """Evaluate a model bundle: COCO box metrics, image-level clinical metrics and the shortcut guards
+    (per source, version-1 rows, within-source, stability probes, geometry baseline); prints JSON, and a
+    summary of the shortcut guards on standard error."""
     settings = _setup()
-    from covidet.detection.bundle import BundleError
+    from covidet.detection.bundle import BundleError, read_model_card, write_model_card
     from covidet.detection.data import DatasetError
     from covidet.detection.evaluate import evaluate_bundle
+    from covidet.detection.shortcuts import format_shortcut_guards
 
     bundle = _bundle_path(model, settings)
     try:
@@ -273,10 +297,17 @@ def evaluate(
             device=device or settings.device,
             show_progress=progress,
             stability_side=stability_side or None,
+            shape_probes=shape_probes,
+            baseline_split=baseline_split or None,
             saliency=saliency,
         )
     except (DatasetError, BundleError) as error:
         raise _fail(str(error)) from None
+    typer.echo(format_shortcut_guards(report), err=True)
+    if write_card:
+        card = read_model_card(bundle)
+        card.setdefault("metrics", {})[split] = report
+        write_model_card(bundle, card)
     typer.echo(json.dumps(report, indent=2))
 
 

@@ -30,8 +30,10 @@ __all__ = [
     "BundleError",
     "default_bundle_path",
     "load_bundle",
+    "load_weights_into",
     "read_model_card",
     "save_bundle",
+    "write_model_card",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,6 +123,14 @@ def read_model_card(bundle: str | os.PathLike) -> dict[str, Any]:
         raise BundleError(f"{card_path}: invalid JSON ({error})") from None
 
 
+def write_model_card(bundle: str | os.PathLike, card: dict[str, Any]) -> None:
+    """Replace a bundle's model card atomically (write beside it, then rename); the weights are untouched."""
+    path = Path(bundle) / CARD_FILE
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
 def load_bundle(bundle: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[FasterRCNN, dict]:
     """Rebuild the network from the card, load the weights (fp32), return ``(model in eval mode, card)``.
 
@@ -141,6 +151,42 @@ def load_bundle(bundle: str | os.PathLike, *, device: str | torch.device = "cpu"
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.to(device).eval(), card
+
+
+# Architecture keys that must agree for one network's weights to fit another; the input size may differ
+# (a detector's weights do not depend on it), so a bundle trained at 384 px can start a 448 px run.
+_WEIGHT_SHAPE_KEYS = (
+    "backbone",
+    "norm",
+    "num_classes",
+    "anchor_aspect_ratios",
+    "image_head",
+    "image_head_pool",
+)
+
+
+def load_weights_into(
+    model: torch.nn.Module, bundle: str | os.PathLike, architecture: dict[str, Any]
+) -> dict:
+    """Start ``model`` (built from ``architecture``) from a bundle's weights, for fine-tuning.
+
+    Raises :class:`BundleError` with the differing keys when the bundle's network has another shape
+    (backbone, norm, classes, anchors, image head). Returns the bundle's model card.
+    """
+    source, card = load_bundle(bundle)
+    differing = [
+        f"{key} {card['architecture'].get(key)!r} (this run: {architecture.get(key)!r})"
+        for key in _WEIGHT_SHAPE_KEYS
+        if _comparable(card["architecture"].get(key)) != _comparable(architecture.get(key))
+    ]
+    if differing:
+        raise BundleError(f"--init-model: {bundle} is another network: " + "; ".join(differing))
+    model.load_state_dict(source.state_dict())
+    return card
+
+
+def _comparable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def default_bundle_path() -> Path | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,22 @@ from covidet.detection.decision import DEFAULT_THRESHOLD, assess, image_weight_o
 from covidet.detection.engine import evaluate_detections, run_inference
 from covidet.detection.metrics import ImageDetections, disease_boxes_on_lungs, save_metric_plots
 from covidet.detection.predictor import DEFAULT_MIN_SCORE
-from covidet.detection.transforms import Compose, DownsampleRoundTrip, ResizeLongerSide
+from covidet.detection.shortcuts import geometry_baseline, v1_rows_metrics, within_source_metrics
+from covidet.detection.transforms import (
+    Compose,
+    CropBorder,
+    DownsampleRoundTrip,
+    PadToSquare,
+    ResizeLongerSide,
+)
 from covidet.domain import CLASS_NAMES
 
 __all__ = ["evaluate_bundle", "infer_records", "saliency_on_lungs"]
 
 logger = logging.getLogger(__name__)
+
+#: A deterministic ``(image, target) -> (image, target)`` transform (:mod:`covidet.detection.transforms`).
+Transform = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def infer_records(
@@ -121,6 +132,8 @@ def evaluate_bundle(
     device: str = "cpu",
     show_progress: bool = True,
     stability_side: int | None = 224,
+    shape_probes: bool = True,
+    baseline_split: str | None = "train",
     saliency: bool = False,
 ) -> dict[str, Any]:
     """Run ``bundle`` on every image of ``split`` and compute box and image-level metrics.
@@ -128,6 +141,10 @@ def evaluate_bundle(
     Also reports accuracy per data source (``per_source``: a model that reads the source instead of the
     lungs shows it here) and, unless ``stability_side`` is ``None``, ``stability``: the share of images
     whose label is unchanged when the image is down-sampled to ``stability_side`` px and back up, and
+    ``stability_probes`` holds that figure and, with ``shape_probes``, the same under padding to a square
+    and under cropping 8 % of each edge. The shortcut guards of :mod:`covidet.detection.shortcuts` come
+    too: ``v1_rows``, ``within_source`` and, unless ``baseline_split`` is ``None``, ``geometry_baseline``
+    (a width/height/aspect forest fitted on ``baseline_split``, scored here). Also
     ``disease_boxes_on_lungs``: the IoU of covid19/pneumonia boxes with the annotated lung boxes. With
     ``saliency``, ``saliency_on_lungs`` (:func:`saliency_on_lungs`): how much of each disease finding's
     Grad-CAM lies on the annotated lungs (slow: a few seconds per finding).
@@ -162,32 +179,43 @@ def evaluate_bundle(
         entry["correct"] += int(label == record.label)
     for entry in per_source.values():
         entry["accuracy"] = entry["correct"] / entry["n"]
-    stability = None
-    if stability_side is not None:
-        degraded = DetectionDataset(
-            records, Compose([DownsampleRoundTrip(stability_side), ResizeLongerSide(size)])
+
+    def labels_under(probe: Transform, desc: str) -> list[str]:
+        """The decided labels when every image first goes through ``probe`` (then the common scale)."""
+        dataset = DetectionDataset(records, Compose([probe, ResizeLongerSide(size)]))
+        loader = DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_detection, num_workers=1)
+        probed, *_ = run_inference(
+            model, loader, device=torch.device(device), show_progress=show_progress, desc=desc
         )
-        degraded_loader = DataLoader(
-            degraded, batch_size=1, shuffle=False, collate_fn=collate_detection, num_workers=1
-        )
-        low_predictions, *_ = run_inference(
-            model,
-            degraded_loader,
-            device=torch.device(device),
-            show_progress=show_progress,
-            desc=f"stability at {stability_side}px",
-        )
-        low = [
+        return [
             assess(
                 p.labels, p.scores, threshold=threshold, image_probs=p.image_probs, image_weight=image_weight
             ).label
-            for p in low_predictions
+            for p in probed
         ]
-        stability = {
-            "side": stability_side,
+
+    def probe_summary(low: list[str]) -> dict[str, float]:
+        return {
             "unchanged": sum(a == b for a, b in zip(decided, low, strict=True)) / len(low),
             "accuracy_degraded": sum(lab == r.label for lab, r in zip(low, records, strict=True)) / len(low),
         }
+
+    probes: dict[str, Transform] = {}
+    if stability_side is not None:
+        probes[f"downsample_{stability_side}"] = DownsampleRoundTrip(stability_side)
+    if shape_probes:
+        probes["pad_to_square"] = PadToSquare()
+        probes["crop_border_8pct"] = CropBorder(0.08)
+    stability_probes = {name: probe_summary(labels_under(probe, name)) for name, probe in probes.items()}
+    stability = (
+        {"side": stability_side, **stability_probes[f"downsample_{stability_side}"]}
+        if stability_side is not None
+        else None
+    )
+    baseline = None
+    if baseline_split:
+        baseline = geometry_baseline(load_records(data, split=baseline_split, tier=tier), records)
+        baseline["fitted_on"] = baseline_split
     report = {
         "model": {"name": card.get("name"), "version": card.get("version"), "bundle": str(bundle)},
         "split": split,
@@ -195,6 +223,10 @@ def evaluate_bundle(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **result.report,
         "per_source": per_source,
+        "v1_rows": v1_rows_metrics(records, decided),
+        "within_source": within_source_metrics(records, result.assessments),
+        "geometry_baseline": baseline,
+        "stability_probes": stability_probes,
         "disease_boxes_on_lungs": disease_boxes_on_lungs(predictions, ground_truth),
         "stability": stability,
         "saliency_on_lungs": (

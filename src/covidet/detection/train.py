@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from covidet.detection.bundle import save_bundle
+from covidet.detection.bundle import BundleError, load_weights_into, save_bundle
 from covidet.detection.data import (
     DetectionDataset,
     ImageRecord,
@@ -149,6 +149,12 @@ class TrainConfig(BaseModel):
         None,
         description="backbone.pt from `covidet pretrain` (self-supervised): the backbone body starts from "
         "it instead of from scratch; the FPN, RPN and heads still start from scratch",
+    )
+    init_model: Path | None = Field(
+        None,
+        description="model bundle whose weights start the whole detector (fine-tuning, e.g. the shipped "
+        "model on a grown data set); it must be the same network (backbone, norm, classes, image head); "
+        "the optimiser, schedule and epochs start afresh",
     )
     resume: Path | None = Field(None, description="checkpoint to resume from (e.g. runs/train/last.pt)")
     name: str = Field("covidet-detector", description="model name written into the bundle")
@@ -428,6 +434,13 @@ def train(config: TrainConfig) -> TrainResult:
             config.init_backbone,
             len(pretrained["history"]),
             pretrained["history"][-1]["loss"] if pretrained["history"] else math.nan,
+        )
+    if config.init_model is not None and config.resume is None:
+        if config.init_backbone is not None:
+            raise BundleError("--init-model and --init-backbone exclude each other: choose one start")
+        started_from = load_weights_into(model, config.init_model, architecture)
+        logger.info(
+            "weights from %s (%s %s)", config.init_model, started_from["name"], started_from["version"]
         )
     if device.type == "cuda" and world_size > 1 and config.norm == "batch":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -23,7 +23,9 @@ from torchvision.transforms import v2
 
 __all__ = [
     "Compose",
+    "CropBorder",
     "DownsampleRoundTrip",
+    "PadToSquare",
     "RandomContrast",
     "RandomGeometry",
     "RandomResolution",
@@ -121,6 +123,45 @@ class DownsampleRoundTrip:
         low = resize_image(image, self.side)
         back = F.interpolate(low[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         return back.clamp_(0, 1), target
+
+
+class PadToSquare:
+    """Deterministic: pad the shorter side with black (0) on both sides to a square, boxes shifted with
+    the image. Used to test that labels do not hinge on the aspect ratio or the border (one source's
+    images are square, another's are not)."""
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        height, width = image.shape[-2:]
+        side = max(height, width)
+        left, top = (side - width) // 2, (side - height) // 2
+        if left == 0 and top == 0:
+            return image, target
+        padded = F.pad(image, (left, side - width - left, top, side - height - top), value=0.0)
+        target = dict(target)
+        target["boxes"] = target["boxes"] + torch.tensor([left, top, left, top], dtype=torch.float32)
+        return padded, target
+
+
+class CropBorder:
+    """Deterministic: cut ``fraction`` of the width (height) off the left and right (top and bottom)
+    edges; boxes are shifted and clipped to what remains. Used to test that labels do not hinge on the
+    border (text, markers, collimation)."""
+
+    def __init__(self, fraction: float = 0.08) -> None:
+        if not 0.0 <= fraction < 0.5:
+            raise ValueError(f"fraction must be in [0, 0.5), got {fraction}")
+        self.fraction = fraction
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        height, width = image.shape[-2:]
+        dx, dy = round(width * self.fraction), round(height * self.fraction)
+        cropped = image[..., dy : height - dy, dx : width - dx]
+        target = dict(target)
+        boxes = target["boxes"] - torch.tensor([dx, dy, dx, dy], dtype=torch.float32)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width - 2 * dx)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height - 2 * dy)
+        target["boxes"] = boxes
+        return cropped, target
 
 
 class RandomContrast:
