@@ -107,6 +107,30 @@ def test_resume_continues_from_the_last_epoch(trained_run: Path, data_root: Path
     assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 3
 
 
+def test_init_model_starts_from_a_bundle_and_refuses_another_network(
+    trained_run: Path, data_root: Path, tmp_path: Path
+) -> None:
+    source = trained_run / "bundle"
+    # A learning rate of ~0 keeps the convolutions where the bundle left them: proof they were loaded.
+    args = [*COVIDET, "train", *TINY_TRAIN, "--epochs", "1", "--max-iterations", "1", "--lr", "1e-12"]
+    result = run([*args, "--init-model", str(source), "--out", str(tmp_path / "ft")], data_root)
+    assert result.returncode == 0, result.stderr
+    card = read_model_card(tmp_path / "ft" / "bundle")
+    assert card["training"]["config"]["init_model"] == str(source)
+    before = torch.load(source / "model.pt", weights_only=True)
+    after = torch.load(tmp_path / "ft" / "bundle" / "model.pt", weights_only=True)
+    convolutions = [k for k in before if k.endswith("conv.weight") or k.endswith("cls_logits.weight")]
+    assert convolutions and all(torch.equal(before[k], after[k]) for k in convolutions)
+    other = [arg if arg != "mobilenet_v3_large" else "resnet18" for arg in args]
+    refused = run([*other, "--init-model", str(source), "--out", str(tmp_path / "bad")], data_root)
+    assert refused.returncode == 2
+    assert (
+        "--init-model" in refused.stderr
+        and "another network: backbone 'mobilenet_v3_large'" in refused.stderr
+    )
+    assert "Traceback" not in refused.stderr
+
+
 def test_early_stopping_follows_the_monitored_metric(data_root: Path, tmp_path: Path) -> None:
     result = run(
         [
