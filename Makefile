@@ -2,6 +2,8 @@
 #   make demo   set up (first use) and run the whole system on loopback with simulated devices
 #               (covidet demo: web worklist, DICOM receiver, MQTT vitals, analysis; Ctrl-C stops it)
 #   make test   set up (first use) and run the whole test suite
+# Both first install the Debian packages they need when missing (scripts/system-packages.sh: as root, or
+# through sudo), then the Python environment (.venv).
 #   make predict-demo   assess a few real chest X-rays from the command line (no servers)
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +13,7 @@ export COVIDET_DATA
 
 PORT ?= 8000
 
-.PHONY: setup demo predict-demo test bench lint
+.PHONY: setup demo predict-demo test bench lint system-packages-test system-packages-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +23,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-demo: setup
+system-packages-test:
+	@scripts/system-packages.sh test
+
+system-packages-demo:
+	@scripts/system-packages.sh demo
+
+demo: system-packages-demo setup
 	$(BIN)/covidet demo --port $(PORT)
 
 # The predict demo's X-rays: a real 16-bit MONOCHROME1 DICOM chest radiograph shipped by pydicom-data, plus one
@@ -33,7 +41,7 @@ predict-demo: setup
 	$(BIN)/covidet predict $$(cat out/demo/files.txt) --draw out/demo | tee out/demo/predictions.json
 	@echo "drawn images: out/demo/*.png   (not for clinical use)"
 
-test: setup
+test: system-packages-test setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
