@@ -22,8 +22,11 @@ import numpy as np
 from PIL import Image, ImageOps
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space, get_decoder
+from pydicom.pixels import convert_color_space, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from covidet.imaging import decoder_log
+from covidet.imaging.display import grayscale_display
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -36,6 +39,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+decoder_log.install()  # plugin tracebacks of a refused frame are not server errors
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Default limit on width * height, checked from the header before decoding."""
@@ -306,7 +310,7 @@ def _read_dicom(data: bytes, name: str, max_pixels: int) -> XRayImage:
             pixels = (arr.astype(np.float64) @ _LUMA) / float(2**bits_stored - 1)
             photometric = "RGB"
         else:
-            pixels = _grayscale_display(arr, ds)
+            pixels = grayscale_display(arr, ds)
             if photometric == "MONOCHROME1":
                 pixels = 1.0 - pixels
             else:
@@ -332,39 +336,6 @@ def _read_dicom(data: bytes, name: str, max_pixels: int) -> XRayImage:
         view_position=_text(ds, "ViewPosition"),
         pixel_spacing_mm=_pixel_spacing(ds),
     )
-
-
-def _has_voi_lut(ds: Dataset) -> bool:
-    """Mirror pydicom's test for a usable VOI LUT Sequence (preferred over windowing)."""
-    seq = ds.get("VOILUTSequence")
-    return bool(seq) and None not in (seq[0].get("LUTDescriptor"), seq[0].get("LUTData"))
-
-
-def _grayscale_display(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Modality LUT then VOI, scaled so that the VOI output range maps to [0, 1] (MONOCHROME2 sense).
-
-    The range used for scaling is: for a VOI LUT Sequence, the min..max of the LUT's entries (some
-    writers declare 16 bits per entry but fill only 12); for window centre/width, the output range
-    pydicom's windowing maps to (from BitsStored, PixelRepresentation and rescale); without any VOI,
-    the min..max of the modality values (no percentile clipping, so synthetic data maps exactly).
-    """
-    values = apply_modality_lut(arr, ds)
-    if _has_voi_lut(ds):
-        if values.dtype.kind == "f" and np.array_equal(values, np.round(values)):
-            values = values.astype(np.int64)
-        values = apply_voi_lut(values, ds)
-        desc = ds.VOILUTSequence[0].LUTDescriptor
-        probe = np.arange(desc[1], desc[1] + (desc[0] or 2**16), dtype=np.int64)
-        lut = apply_voi_lut(probe, ds)
-        low, high = float(lut.min()), float(lut.max())
-    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        values = apply_voi_lut(values, ds)
-        low, high = (float(v) for v in apply_voi_lut(np.array([-np.inf, np.inf]), ds))
-    else:
-        low, high = float(np.min(values)), float(np.max(values))
-    if high == low:
-        return np.zeros(values.shape, dtype=np.float64)
-    return (values.astype(np.float64) - low) / (high - low)
 
 
 # ---------------------------------------------------------------------------- fast header inspection
