@@ -16,7 +16,7 @@ from covidet.detection.shortcuts import (
     v1_rows_metrics,
     within_source_metrics,
 )
-from covidet.detection.transforms import CropBorder, PadToSquare
+from covidet.detection.transforms import CropBorder, PadToSquare, RandomFraming
 from covidet.domain import Assessment, Label
 
 
@@ -156,3 +156,27 @@ def test_summary_names_every_guard() -> None:
     assert "source a: 1/2 = 50.0% (geometry baseline 50.0%)" in text
     assert "within a, covid19 vs normal (2): accuracy 100.0%, AUC 1.000 (majority 50.0%)" in text
     assert "labels unchanged under pad_to_square: 100.0%" in text
+
+
+def test_random_framing_pads_or_crops_and_keeps_boxes_with_their_labels() -> None:
+    import random
+
+    random.seed(0)
+    framing = RandomFraming(p=1.0, max_crop=0.1)
+    shapes = set()
+    for _ in range(40):
+        image = torch.rand(1, 384, 300)
+        target = {
+            "boxes": torch.tensor([[10.0, 20.0, 150.0, 300.0], [2.0, 2.0, 5.0, 5.0]]),
+            "labels": torch.tensor([1, 2]),
+        }
+        out, moved = framing(image, target)
+        shapes.add(tuple(out.shape))
+        assert len(moved["boxes"]) == len(moved["labels"]) >= 1
+        # the tiny corner box may be cut away by a crop, and its label with it; the lung box never is
+        assert moved["labels"].tolist() == [1, 2][: len(moved["labels"])]
+        height, width = out.shape[-2:]
+        assert (moved["boxes"][:, 2] <= width).all() and (moved["boxes"][:, 3] <= height).all()
+        if out.shape[-2:] != (384, 384):  # cropped: at most 10% off each edge
+            assert 0.8 * 384 <= height <= 384 and 0.8 * 300 <= width <= 300
+    assert (1, 384, 384) in shapes and len(shapes) > 5  # both padding and varied crops happen

@@ -110,6 +110,11 @@ class TrainConfig(BaseModel):
         "`covidet propose-boxes` uses (it is not an assessment model)",
     )
     augment: bool = Field(True, description="resolution/contrast/geometry augmentation")
+    augment_framing: bool = Field(
+        False,
+        description="with augment: also change the framing at random (pad to a square, or crop up to 10% "
+        "of each edge), against aspect-ratio and border shortcuts",
+    )
     image_head: bool = Field(
         False,
         description="also train an image-level classification head on the FPN features (multi-task); "
@@ -385,7 +390,10 @@ def train(config: TrainConfig) -> TrainResult:
             )
     common_scale = Compose([ResizeLongerSide(config.size)])
     train_set: Dataset = DetectionDataset(
-        train_records, build_train_transform(size=config.size) if config.augment else common_scale
+        train_records,
+        build_train_transform(size=config.size, framing=config.augment_framing)
+        if config.augment
+        else common_scale,
     )
     if config.cache_images:
         began = time.monotonic()

@@ -27,6 +27,7 @@ __all__ = [
     "DownsampleRoundTrip",
     "PadToSquare",
     "RandomContrast",
+    "RandomFraming",
     "RandomGeometry",
     "RandomResolution",
     "ResizeLongerSide",
@@ -164,6 +165,39 @@ class CropBorder:
         return cropped, target
 
 
+class RandomFraming:
+    """With probability ``p``, change the framing: half of the time pad to a square (:class:`PadToSquare`),
+    otherwise cut an independent random share in ``[0, max_crop]`` off each edge. Boxes move with the
+    image; a box left under 4 px wide or high is dropped with its label. It teaches that neither the
+    aspect ratio nor the border tells the label (one source's films are square, another's are not), which
+    ``covidet evaluate``'s pad-to-square and border-crop probes measure."""
+
+    def __init__(self, p: float = 0.5, max_crop: float = 0.1) -> None:
+        if not 0.0 <= max_crop < 0.5:
+            raise ValueError(f"max_crop must be in [0, 0.5), got {max_crop}")
+        self.p, self.max_crop = p, max_crop
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        if random.random() >= self.p:
+            return image, target
+        if random.random() < 0.5:
+            return PadToSquare()(image, target)
+        height, width = image.shape[-2:]
+        left, right = (round(width * random.uniform(0, self.max_crop)) for _ in range(2))
+        top, bottom = (round(height * random.uniform(0, self.max_crop)) for _ in range(2))
+        new_width, new_height = width - left - right, height - top - bottom
+        cropped = image[..., top : height - bottom, left : width - right]
+        target = dict(target)
+        boxes = target["boxes"] - torch.tensor([left, top, left, top], dtype=torch.float32)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, new_width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, new_height)
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= 4) & ((boxes[:, 3] - boxes[:, 1]) >= 4)
+        target["boxes"] = boxes[keep]
+        if "labels" in target:
+            target["labels"] = target["labels"][keep]
+        return cropped, target
+
+
 class RandomContrast:
     """Random gamma, contrast/brightness, occasional histogram equalisation and mild noise."""
 
@@ -220,13 +254,14 @@ class RandomGeometry:
         return out["image"].as_subclass(torch.Tensor), target
 
 
-def build_train_transform(*, size: int, min_side: int = 224) -> Compose:
-    """The training pipeline: common scale (longer side ``size``), resolution and contrast
-    randomisation, then geometry."""
+def build_train_transform(*, size: int, min_side: int = 224, framing: bool = False) -> Compose:
+    """The training pipeline: common scale (longer side ``size``), resolution randomisation, with
+    ``framing`` :class:`RandomFraming`, contrast randomisation, then geometry."""
     return Compose(
         [
             ResizeLongerSide(size),
             RandomResolution(min_side=min(min_side, size), p=0.5),
+            *([RandomFraming()] if framing else []),
             RandomContrast(),
             RandomGeometry(),
         ]
