@@ -125,6 +125,9 @@ def train(
         bool, typer.Option(help="leave box-less covid19/pneumonia images out of training")
     ] = True,
     augment: Annotated[bool, typer.Option(help="augmentation against resolution/contrast shortcuts")] = True,
+    augment_framing: Annotated[
+        bool, typer.Option(help="also pad to a square or crop up to 10% of each edge at random (framing)")
+    ] = False,
     image_head: Annotated[
         bool, typer.Option(help="also train an image-level head beside the box head (decision rule v2)")
     ] = False,
@@ -202,6 +205,7 @@ def train(
         balance=balance,
         skip_boxless_disease=skip_boxless_disease,
         augment=augment,
+        augment_framing=augment_framing,
         image_head=image_head,
         image_loss_weight=image_loss_weight,
         image_head_pool=image_head_pool,
