@@ -289,6 +289,9 @@ def start_mosquitto(
     folders (``/tmp/pytest-of-root``, mode 0700) are out of its reach, so the broker's folder is made
     directly under /tmp, mode 0755, with the files and the data folder given to that user.
     """
+    # covidet's own access, size and per-listener client-id lines (docs/security-mqtt.md).
+    from covidet.ingest.mqtt_broker_config import mosquitto_access_lines, mosquitto_listener_lines
+
     binary = find_binary("mosquitto", "mosquitto", ("/usr/sbin/mosquitto",))
     as_root = os.geteuid() == 0
     mosquitto_user = None
@@ -312,10 +315,7 @@ def start_mosquitto(
             (files_dir / name).chmod(0o644)
     port = free_port()
     lines = [
-        "per_listener_settings false",
-        "allow_anonymous false",
-        f"password_file {files_dir / 'passwd'}",
-        f"acl_file {files_dir / 'acl'}",
+        *mosquitto_access_lines(files_dir / "passwd", files_dir / "acl"),
         "persistence true",
         f"persistence_location {data_dir}/",
         # Mosquitto's default (1000) drops QoS-1 messages beyond it silently: the tests count every one.
@@ -326,14 +326,14 @@ def start_mosquitto(
         "log_type notice",
         "log_type information",
         "connection_messages true",
-        f"listener {port} 127.0.0.1",
+        *mosquitto_listener_lines(port, "127.0.0.1"),
     ]
     tls_files = tls_port = None
     if tls:
         tls_files = make_tls_files(directory / "tls", owner="mosquitto" if as_root else None)
         tls_port = free_port()
         lines += [
-            f"listener {tls_port} 127.0.0.1",
+            *mosquitto_listener_lines(tls_port, "127.0.0.1"),
             f"cafile {tls_files.ca_cert}",
             f"certfile {tls_files.server_cert}",
             f"keyfile {tls_files.server_key}",

@@ -834,6 +834,7 @@ def _write_broker_files(settings: Any, db: Any, directory: Path | None = None) -
                 directory,
                 ingest_username=settings.mqtt_username,
                 ingest_password=settings.mqtt_password,
+                max_payload_bytes=settings.mqtt_max_payload_bytes,
             )
     except (OSError, ValueError) as exc:
         logger.error("could not write Mosquitto's files into %s: %s", directory, exc)

@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     mqtt_client_id: str = Field(
         "covidet-ingest", description="MQTT client id; fixed so the broker keeps the QoS-1 session"
     )
+    mqtt_max_payload_bytes: int = Field(
+        16 * 1024,
+        ge=256,
+        le=64 * 1024 * 1024,
+        description="largest vitals payload, bytes: the broker's message_size_limit in the generated "
+        "Mosquitto configuration, and the subscriber refuses a larger one on arrival (docs/mqtt.md)",
+    )
     mosquitto_dir: Path | None = Field(
         None,
         description="where `devices add` writes Mosquitto's password and ACL files; default <home>/mosquitto",

@@ -180,6 +180,8 @@ def start_mosquitto(
     Raises:
         DemoError: no broker binary, or it did not start (its log is in the message).
     """
+    from covidet.ingest.mqtt_broker_config import mosquitto_access_lines, mosquitto_listener_lines
+
     binary = binary or find_mosquitto()
     if binary is None:
         raise DemoError("mosquitto is not installed: install the Debian package 'mosquitto'")
@@ -206,10 +208,8 @@ def start_mosquitto(
         config.write_text(
             "\n".join(
                 [
-                    "per_listener_settings false",
-                    "allow_anonymous false",
-                    f"password_file {files_dir / 'passwd'}",
-                    f"acl_file {files_dir / 'acl'}",
+                    # covidet's access lines: log-in, files, payload limit (docs/security-mqtt.md).
+                    *mosquitto_access_lines(files_dir / "passwd", files_dir / "acl"),
                     "persistence true",
                     f"persistence_location {data_dir}/",
                     # The default (1000) drops QoS-1 messages beyond it silently.
@@ -218,7 +218,8 @@ def start_mosquitto(
                     "log_type error",
                     "log_type warning",
                     "log_type notice",
-                    f"listener {port} {host}",
+                    # With use_username_as_clientid: no login can take over another's client id.
+                    *mosquitto_listener_lines(port, host),
                 ]
             )
             + "\n"

@@ -254,12 +254,29 @@ P1 = b'{"patient_id": "P1", "timestamp": "2024-05-01T08:00:00Z", '
         (P1 + b'"systolic_bp": 39}', "systolic_bp: Input"),
         (P1 + b'"systolic_bp": 301}', "systolic_bp: Input"),
         (b"{" + b" " * 17000 + b"}", "payload of 17002 bytes exceeds 16384 bytes"),
+        # Regressions from tests/ingest/test_mqtt_fuzz.py: an OverflowError escaped the parser...
+        (b'{"patient_id": "P1", "timestamp": "9999-12-31T23:59:59-01:00", "spo2": 95}',
+         "timestamp: is out of range once converted to UTC (got '9999-12-31T23:59:59-01:00')"),
+        # ... and a field name with a newline made a two-line reason (a forged log line).
+        (P1 + b'"spo2": 95, "a\\nFORGED": 1}', "a\\nFORGED: Extra inputs are not permitted"),
+        (P1.replace(b'"P1"', b'"' + b"x" * 300 + b'"') + b'"spo2": 95}', "(got 'xxxxxxxxx"),
     ],
 )  # fmt: skip
 def test_parse_vitals_rejects_with_a_precise_reason(payload: bytes, reason: str) -> None:
     with pytest.raises(VitalsRejected) as caught:
         parse_vitals(payload, now=datetime(2024, 5, 1, 9, 0, tzinfo=UTC))
     assert reason in caught.value.reason
+    # One line, and a value quoted from the payload is cut at 100 characters.
+    assert caught.value.reason.isprintable() and len(caught.value.reason) < 250
+
+
+def test_parse_vitals_applies_the_configured_size_limit() -> None:
+    payload = reading()
+    assert parse_vitals(payload, max_bytes=len(payload)).spo2_percent == 94.0
+    with pytest.raises(
+        VitalsRejected, match=f"payload of {len(payload)} bytes exceeds {len(payload) - 1} bytes"
+    ):
+        parse_vitals(payload, max_bytes=len(payload) - 1)
 
 
 def test_parse_vitals_reports_every_offending_field_with_its_value() -> None:
