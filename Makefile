@@ -13,7 +13,7 @@ export COVIDET_DATA
 
 PORT ?= 8000
 
-.PHONY: setup demo predict-demo test bench lint system-packages-test system-packages-demo
+.PHONY: setup demo predict-demo test bench lint fuzz system-packages-test system-packages-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ test: system-packages-test setup
 
 bench: setup
 	$(BIN)/python benchmarks/detector.py --sizes 384 512 800 --out benchmarks/results/detector.json
+
+# Property-based fuzzing of the MQTT payload parser (tests/ingest/test_mqtt_fuzz.py): the same properties as
+# in `make test`, with FUZZ_MAX_EXAMPLES inputs each instead of 300; failures are kept in out/hypothesis/.
+FUZZ_MAX_EXAMPLES ?= 20000
+fuzz: setup
+	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=0 \
+	  tests/ingest/test_mqtt_fuzz.py
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
