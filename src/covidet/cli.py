@@ -768,10 +768,19 @@ def dicom_scp(
     ae_title: Annotated[
         str | None, typer.Option("--ae-title", help="called AE title [env COVIDET_AE_TITLE; default COVIDET]")
     ] = None,
+    max_associations: Annotated[
+        int | None, typer.Option("--max-associations", min=1, help="[env COVIDET_DICOM_MAX_ASSOCIATIONS; 32]")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="DICOM TLS certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="its private key (PEM)")] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option("--tls-ca", help="require client certificates signed by this CA (PEM)")
+    ] = None,
 ) -> None:
     """Receive chest X-rays over DICOM C-STORE (and answer C-ECHO) until SIGINT or SIGTERM.
 
     Only registered modalities (`covidet devices add NAME --kind modality --ae-title AE`) may send.
+    TLS and the other dicom_* settings: docs/dicom.md.
     """
     import signal
     import threading
@@ -780,6 +789,9 @@ def dicom_scp(
     from covidet.worker.runtime import build_runtime
 
     settings = _setup()
+    overrides = {"dicom_max_associations": max_associations, "dicom_tls_cert": tls_cert}
+    overrides |= {"dicom_tls_key": tls_key, "dicom_tls_ca": tls_ca}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if settings.log_level.upper() != "DEBUG":
         # pynetdicom logs every association and request at INFO: noise, and it costs throughput.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -788,7 +800,7 @@ def dicom_scp(
     runtime = build_runtime(settings, db=_database(settings))
     db, ingest, store = runtime.db, runtime.ingest, runtime.store
     try:
-        receiver = DicomReceiver(db, ingest, ae_title=ae_title or settings.ae_title, host=host, port=port)
+        receiver = DicomReceiver.from_settings(settings, db, ingest, host=host, port=port, ae_title=ae_title)
         receiver.start()
     except ValueError as exc:
         raise _fail(str(exc)) from exc

@@ -64,6 +64,39 @@ class Settings(BaseSettings):
     )
     # --- ingest ------------------------------------------------------------------------------------
     ae_title: str = Field("COVIDET", max_length=16, description="called AE title of the DICOM receiver")
+    # DICOM receiver hardening (docs/dicom.md, docs/security-dicom.md)
+    dicom_max_associations: int = Field(
+        32,
+        ge=1,
+        le=1000,
+        description="accepted DICOM associations served at once; silent connections do not count; over "
+        "the limit a request is rejected-transient (local limit exceeded)",
+    )
+    dicom_acse_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="seconds a new DICOM connection may take (TLS handshake, association request) before "
+        "it is dropped",
+    )
+    dicom_network_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="seconds an open DICOM association may stay silent before it is aborted",
+    )
+    dicom_tls_cert: Path | None = Field(None, description="serve DICOM over TLS with this certificate (PEM)")
+    dicom_tls_key: Path | None = Field(None, description="private key of dicom_tls_cert (PEM)")
+    dicom_tls_ca: Path | None = Field(
+        None,
+        description="CA certificate(s) (PEM): DICOM TLS clients must present a certificate it signed",
+    )
+    dicom_peer_addresses: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="AE title -> the addresses or networks it may call from, e.g. "
+        'COVIDET_DICOM_PEER_ADDRESSES=\'{"XRAY1": ["10.0.0.5", "10.1.0.0/24"]}\'; AE titles not listed '
+        "may call from anywhere",
+    )
     max_image_bytes: int = Field(
         200 * 1024 * 1024, ge=1024, description="largest accepted image file or DICOM object, bytes"
     )

@@ -56,8 +56,8 @@ def start_services(
         if dicom_port is not None:
             from covidet.ingest.dicom_scp import DicomReceiver
 
-            receiver = DicomReceiver(
-                runtime.db, runtime.ingest, ae_title=settings.ae_title, host=host, port=dicom_port
+            receiver = DicomReceiver.from_settings(
+                settings, runtime.db, runtime.ingest, host=host, port=dicom_port
             )
             receiver.start()
             services.dicom = receiver

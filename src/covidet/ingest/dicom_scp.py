@@ -2,71 +2,59 @@
 
 Contract, in the order a peer meets it:
 
+0. **Connection.** Optionally TLS, with client certificates (:mod:`.dicom_tls`); the handshake and
+   the association request must come within ``acse_timeout`` seconds, so silent connections (port
+   scans, health checks) are dropped quickly and never hold an association place.
 1. **Association.** The called AE title must be the receiver's own (``Settings.ae_title``), and the
-   calling AE title must belong to an *active* device of kind *modality* in the database. The
-   device list is read for every association request, so a device registered (or deactivated)
-   while the receiver runs takes effect at its next association, without a restart. Anything else
-   gets an A-ASSOCIATE-RJ (rejected-permanent, "calling/called AE title not recognised"), a log
-   line and a ``rejected_messages`` row. A database that cannot be read gives rejected-transient,
-   so the modality retries later.
+   calling AE title must belong to an *active* device of kind *modality* in the database, calling
+   from an address tied to it if any, within the association limit (:mod:`.dicom_association`,
+   :mod:`.dicom_checks`). The device list is read for every association request, so a device
+   registered (or deactivated) while the receiver runs takes effect at its next association.
+   Anything else gets an A-ASSOCIATE-RJ, a one-line WARNING (AE title, peer address, reason) and a
+   ``rejected_messages`` row. A database that cannot be read, or the limit reached, gives
+   rejected-transient, so the modality retries later.
 2. **Presentation contexts.** Verification, and the chest radiograph storage SOP classes of
    :data:`~covidet.ingest.service.ACCEPTED_SOP_CLASSES` (CR, DX for presentation and for processing,
    Secondary Capture) in every transfer syntax of :data:`ACCEPTED_TRANSFER_SYNTAXES` (those pydicom
    can decode here). Other SOP classes are refused at negotiation: they never reach the handler.
 3. **C-STORE.** :func:`handle_store` hands the object, exactly as received (file meta + data set),
-   to :meth:`ImageIngest.accept <covidet.ingest.service.ImageIngest.accept>`, which checks the
-   header (no pixel decoding), writes the file with ``fsync``, commits the database row and
-   enqueues the analysis job. Only then is *Success* returned, so an acknowledged image survives a
-   crash. A SOP Instance UID already stored is acknowledged with *Success* and not stored again. A
-   refusal returns one of the :class:`StoreStatus` failure codes with the reason in the response's
-   Error Comment, is logged and kept in ``rejected_messages``; the association stays up and the
-   server keeps serving.
+   to :meth:`ImageIngest.accept <covidet.ingest.service.ImageIngest.accept>`, which validates it
+   (:func:`covidet.imaging.validate.validate_image`: header, chest-radiograph rules, complete
+   frame, one decode), writes the file with ``fsync``, commits the database row and enqueues the
+   analysis job. Only then is *Success* returned, so an acknowledged image survives a crash and can
+   be analysed. A SOP Instance UID already stored for the same patient and study is acknowledged
+   with *Success* and not stored again; for another patient or study it is refused
+   (:attr:`StoreStatus.CONFLICT`). A refusal returns one of the :class:`StoreStatus` failure codes
+   with the reason in the response's Error Comment, is logged and kept in ``rejected_messages``;
+   the association stays up and the server keeps serving.
 
 The handlers are small module-level functions bound with their collaborators as extra arguments
 (pynetdicom's ``evt_handlers=[(event, handler, [args])]``); they run on the association's thread,
-so they do only bounded header work: pixel decoding and analysis belong to the analysis worker.
+so they do bounded work: one decode of the frame to validate it; analysis belongs to the worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
-import weakref
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    HTJ2K,
-    JPEG2000,
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
+from covidet.ingest.dicom_association import PeerRegistry, handle_association_request
+from covidet.ingest.dicom_checks import AssociationPolicy, parse_peer_networks
+from covidet.ingest.dicom_syntaxes import ACCEPTED_TRANSFER_SYNTAXES, VERIFICATION_SYNTAXES
+from covidet.ingest.dicom_tls import AssociationServer, server_ssl_context
 from covidet.ingest.service import ACCEPTED_SOP_CLASSES, ImageIngest, IngestRejected
-from covidet.store import queries
 from covidet.store.db import Database
-from covidet.store.models import DeviceKind
 
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
@@ -91,55 +79,6 @@ DEFAULT_PORT = 11112
 DEFAULT_MAX_PDU = 1024 * 1024
 
 
-def _decodable(candidates: tuple[UID, ...]) -> tuple[UID, ...]:
-    """The candidates for which a pydicom pixel decoder (plugin) is installed and usable."""
-    from pydicom.pixels import get_decoder
-
-    usable = []
-    for uid in candidates:
-        if not uid.is_encapsulated:  # native pixel data: pydicom reads it itself
-            usable.append(uid)
-            continue
-        try:
-            if get_decoder(uid).is_available:
-                usable.append(uid)
-        except NotImplementedError:
-            continue
-    return tuple(usable)
-
-
-#: Transfer syntaxes accepted for the storage SOP classes, in the receiver's order of preference.
-#: Only those pydicom can decode with the installed plugins (pylibjpeg-libjpeg, -openjpeg, -rle)
-#: are offered, so everything acknowledged can later be analysed.
-ACCEPTED_TRANSFER_SYNTAXES: tuple[UID, ...] = _decodable(
-    (
-        ExplicitVRLittleEndian,
-        ImplicitVRLittleEndian,
-        DeflatedExplicitVRLittleEndian,
-        JPEGBaseline8Bit,
-        JPEGExtended12Bit,
-        JPEGLosslessSV1,
-        JPEGLossless,
-        JPEGLSLossless,
-        JPEGLSNearLossless,
-        JPEG2000Lossless,
-        JPEG2000,
-        HTJ2KLossless,
-        HTJ2KLosslessRPCL,
-        HTJ2K,
-        RLELossless,
-        ExplicitVRBigEndian,  # retired, still sent by some old modalities; pydicom reads it
-    )
-)
-
-#: Verification is offered in the uncompressed syntaxes only (there is no data set to compress).
-_VERIFICATION_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
-# A-ASSOCIATE-RJ parameters (PS3.8 9.3.4): result, source, diagnostic.
-_REJECTED_PERMANENT, _REJECTED_TRANSIENT = 0x01, 0x02
-_SOURCE_SERVICE_USER = 0x01
-_DIAG_NO_REASON, _DIAG_CALLING_AE, _DIAG_CALLED_AE = 0x01, 0x03, 0x07
-
 #: The Error Comment of a DIMSE response is a LO element: at most 64 characters.
 _ERROR_COMMENT_LIMIT = 64
 
@@ -157,35 +96,11 @@ class StoreStatus(IntEnum):
     #: Error: the data set does not match the SOP class - no pixel data, missing UIDs, a SOP class
     #: or instance other than the one the request names, or not a chest radiograph class.
     DATASET_MISMATCH = 0xA900
-    #: Error: cannot understand - truncated or corrupt data set or pixel data, multi-frame images.
+    #: Error: cannot understand - truncated, corrupt or undecodable data set or pixel data.
     CANNOT_UNDERSTAND = 0xC000
-
-
-@dataclass(frozen=True, slots=True)
-class _Peer:
-    """Who is on the other end of an accepted association."""
-
-    device_id: int
-    ae_title: str
-    address: str
-
-
-class _PeerRegistry:
-    """The device behind each live association, filled at association time and read per C-STORE
-    (so the database is asked once per association, not once per image). Entries vanish with their
-    association object (weak keys)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._peers: weakref.WeakKeyDictionary[Any, _Peer] = weakref.WeakKeyDictionary()
-
-    def add(self, assoc: Any, peer: _Peer) -> None:
-        with self._lock:
-            self._peers[assoc] = peer
-
-    def get(self, assoc: Any) -> _Peer | None:
-        with self._lock:
-            return self._peers.get(assoc)
+    #: Error (covidet-specific, in the "cannot understand" range): the SOP Instance UID is already
+    #: stored for another patient or study; a correction is not applied silently.
+    CONFLICT = 0xC001
 
 
 def _status(code: StoreStatus, comment: str | None = None) -> Dataset | StoreStatus:
@@ -199,22 +114,12 @@ def _status(code: StoreStatus, comment: str | None = None) -> Dataset | StoreSta
 
 
 def _status_for_rejection(exc: IngestRejected) -> StoreStatus:
-    """Map an :class:`IngestRejected` to the most precise C-STORE status.
-
-    ``too_large`` is explicit; the other classes are recognised from the reason wording of
-    ``ImageIngest.accept`` / ``inspect_image`` (anything unrecognised is "cannot understand").
-    """
-    if exc.too_large:
-        return StoreStatus.OUT_OF_RESOURCES
-    reason = exc.reason.lower()
-    if any(marker in reason for marker in ("no pixel data", "sop class", "lacks sopinstanceuid")):
-        return StoreStatus.DATASET_MISMATCH
-    return StoreStatus.CANNOT_UNDERSTAND
-
-
-def _peer_address(event: Event) -> str:
-    info = event.assoc.requestor.address_info
-    return f"{info.address}:{info.port}"
+    """Map an :class:`IngestRejected` to the C-STORE status of its kind (docs/dicom.md)."""
+    return {
+        "too_large": StoreStatus.OUT_OF_RESOURCES,
+        "mismatch": StoreStatus.DATASET_MISMATCH,
+        "conflict": StoreStatus.CONFLICT,
+    }.get(exc.kind, StoreStatus.CANNOT_UNDERSTAND)
 
 
 def set_tcp_nodelay(event: Event) -> None:
@@ -233,77 +138,12 @@ def set_tcp_nodelay(event: Event) -> None:
         logger.debug("could not set TCP_NODELAY: %s", exc)
 
 
-def _reject_association(
-    event: Event, ingest: ImageIngest, result: int, diagnostic: int, calling: str, reason: str
-) -> None:
-    """Send A-ASSOCIATE-RJ, record why, and end the association (as pynetdicom does itself)."""
-    kind = "rejected-permanent" if result == _REJECTED_PERMANENT else "rejected-transient"
-    ingest.reject("dicom", calling or None, f"association {kind}: {reason}", None)
-    assoc = event.assoc
-    assoc.acse.send_reject(result, _SOURCE_SERVICE_USER, diagnostic)
-    evt.trigger(assoc, evt.EVT_REJECTED, {})
-    assoc.kill()
-
-
-def handle_association_request(
-    event: Event, db: Database, ingest: ImageIngest, ae_title: str, peers: _PeerRegistry
-) -> None:
-    """``EVT_REQUESTED`` handler: accept only the registered, active modalities calling ``ae_title``.
-
-    Runs before pynetdicom negotiates; a rejection sent here ends the association before any
-    presentation context is accepted.
-    """
-    request = event.assoc.requestor.primitive
-    calling = str(request.calling_ae_title or "").strip()
-    called = str(request.called_ae_title or "").strip()
-    address = _peer_address(event)
-    if called != ae_title:
-        _reject_association(
-            event,
-            ingest,
-            _REJECTED_PERMANENT,
-            _DIAG_CALLED_AE,
-            calling,
-            f"called AE title {called!r} is not this receiver's ({ae_title!r}); from {address}",
-        )
-        return
-    try:
-        with db.session() as session:
-            device = queries.device_by_ae_title(session, calling) if calling else None
-            device_id = device.id if device is not None else None
-            kind = device.kind if device is not None else None
-    except Exception as exc:  # the database is down: say "try later", not "never"
-        logger.exception("cannot look up calling AE title %r", calling)
-        _reject_association(
-            event,
-            ingest,
-            _REJECTED_TRANSIENT,
-            _DIAG_NO_REASON,
-            calling,
-            f"device registry unavailable ({exc.__class__.__name__}); from {address}",
-        )
-        return
-    if device_id is None or kind != DeviceKind.MODALITY.value:
-        what = "is not a registered active modality" if device_id is None else f"belongs to a {kind}"
-        _reject_association(
-            event,
-            ingest,
-            _REJECTED_PERMANENT,
-            _DIAG_CALLING_AE,
-            calling,
-            f"calling AE title {calling!r} {what}; from {address}",
-        )
-        return
-    peers.add(event.assoc, _Peer(device_id, calling, address))
-    logger.info("association from %s (%s, device #%d) accepted", calling, address, device_id)
-
-
 def handle_echo(event: Event) -> int:
     """``EVT_C_ECHO`` handler: the association was accepted, so the peer is verified."""
     return 0x0000
 
 
-def handle_store(event: Event, ingest: ImageIngest, peers: _PeerRegistry) -> Dataset | StoreStatus:
+def handle_store(event: Event, ingest: ImageIngest, peers: PeerRegistry) -> Dataset | StoreStatus:
     """``EVT_C_STORE`` handler: accept one object through ``ingest``; see the module docstring.
 
     Returns :attr:`StoreStatus.SUCCESS` only after the file is on disk and its row committed;
@@ -330,6 +170,7 @@ def handle_store(event: Event, ingest: ImageIngest, peers: _PeerRegistry) -> Dat
         )
         ingest.reject("dicom", peer.ae_title, reason, data)
         return _status(StoreStatus.DATASET_MISMATCH, reason)
+    peers.busy.add(event.assoc)
     try:
         result = ingest.accept(
             data, channel="dicom", device_id=peer.device_id, source=peer.ae_title, dataset=ds
@@ -341,6 +182,8 @@ def handle_store(event: Event, ingest: ImageIngest, peers: _PeerRegistry) -> Dat
         reason = f"storage failure: {exc.__class__.__name__}"
         ingest.reject("dicom", peer.ae_title, f"{reason}: {exc}", data)
         return _status(StoreStatus.STORAGE_FAILURE, reason)
+    finally:
+        peers.busy.discard(event.assoc)
     if result.duplicate:
         logger.debug(
             "SOP instance %s re-sent by %s: already image %d", sop_instance, peer.ae_title, result.image_id
@@ -365,9 +208,15 @@ class DicomReceiver:
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
         max_pdu: int = DEFAULT_MAX_PDU,
-        max_associations: int = 10,
-        network_timeout: float = 60.0,
+        policy: AssociationPolicy | None = None,
+        acse_timeout: float = 5.0,
+        network_timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``policy``: association limit and AE title -> address ties (:mod:`.dicom_checks`);
+        ``acse_timeout``: seconds a new connection (or its TLS handshake) may take to send its
+        association request; ``network_timeout``: seconds an association may stay silent;
+        ``ssl_context``: serve DICOM over TLS (:func:`.dicom_tls.server_ssl_context`)."""
         ae_title = ae_title.strip()
         if not ae_title or len(ae_title) > 16 or not ae_title.isascii() or "\\" in ae_title:
             raise ValueError(f"AE title {ae_title!r} must be 1-16 ASCII characters without backslash")
@@ -376,18 +225,64 @@ class DicomReceiver:
         self.ae_title = ae_title
         self.host = host
         self.port = port
-        self._peers = _PeerRegistry()
-        self._server: ThreadedAssociationServer | None = None
+        self.policy = policy or AssociationPolicy()
+        self.ssl_context = ssl_context
+        self._peers = PeerRegistry()
+        self._server: AssociationServer | None = None
 
         ae = AE(ae_title=ae_title)
         ae.maximum_pdu_size = max_pdu
-        ae.maximum_associations = max_associations
+        # The limit is the policy's, counted over accepted associations only (handle_association_
+        # request); pynetdicom's own count includes silent connections, so it is set out of reach.
+        ae.maximum_associations = 1_000_000
+        ae.acse_timeout = acse_timeout
         ae.network_timeout = network_timeout
         ae.require_called_aet = True  # also enforced (and recorded) by handle_association_request
         for sop_class in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
-        ae.add_supported_context(Verification, list(_VERIFICATION_SYNTAXES))
+        ae.add_supported_context(Verification, list(VERIFICATION_SYNTAXES))
         self._ae = ae
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Any,
+        db: Database,
+        ingest: ImageIngest,
+        *,
+        host: str,
+        port: int,
+        ae_title: str | None = None,
+    ) -> DicomReceiver:
+        """A receiver configured by :class:`~covidet.config.Settings` (``ae_title``, ``dicom_*``).
+
+        Raises:
+            ValueError: inconsistent settings (TLS key without certificate, a bad address).
+        """
+        if (settings.dicom_tls_cert is None) != (settings.dicom_tls_key is None):
+            raise ValueError("dicom_tls_cert and dicom_tls_key go together")
+        if settings.dicom_tls_ca is not None and settings.dicom_tls_cert is None:
+            raise ValueError("dicom_tls_ca (client certificates) needs dicom_tls_cert and dicom_tls_key")
+        context = None
+        if settings.dicom_tls_cert is not None:
+            context = server_ssl_context(
+                settings.dicom_tls_cert, settings.dicom_tls_key, settings.dicom_tls_ca
+            )
+        policy = AssociationPolicy(
+            max_associations=settings.dicom_max_associations,
+            peer_networks=parse_peer_networks(settings.dicom_peer_addresses),
+        )
+        return cls(
+            db,
+            ingest,
+            ae_title=ae_title or settings.ae_title,
+            host=host,
+            port=port,
+            policy=policy,
+            acse_timeout=settings.dicom_acse_timeout,
+            network_timeout=settings.dicom_network_timeout,
+            ssl_context=context,
+        )
 
     @property
     def running(self) -> bool:
@@ -402,37 +297,69 @@ class DicomReceiver:
             (
                 evt.EVT_REQUESTED,
                 handle_association_request,
-                [self.db, self.ingest, self.ae_title, self._peers],
+                [self.db, self.ingest, self.ae_title, self._peers, self.policy],
             ),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [self.ingest, self._peers]),
         ]
-        server = self._ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
-        assert server is not None  # block=False always returns the server
+        server = self._ae.make_server(
+            (self.host, self.port),
+            ssl_context=self.ssl_context,
+            evt_handlers=handlers,
+            server_class=AssociationServer,
+        )
+        assert isinstance(server, AssociationServer)
+        server.handshake_timeout = float(self._ae.acse_timeout or 5.0)
+        server.on_refused = lambda peer, reason: self.ingest.reject("dicom", peer, reason, None)
+        self._ae._servers.append(server)  # as AE.start_server does: shutdown() removes it
+        threading.Thread(target=server.serve_forever, name=f"dicom-scp:{self.port}", daemon=True).start()
         self._server = server
         self.port = int(server.server_address[1])
         logger.info(
-            "DICOM receiver %s listening on %s:%d (%d storage SOP classes x %d transfer syntaxes)",
+            "DICOM receiver %s listening on %s:%d%s (%d storage SOP classes x %d transfer syntaxes, "
+            "at most %d associations)",
             self.ae_title,
             self.host,
             self.port,
+            " over TLS" if self.ssl_context else "",
             len(ACCEPTED_SOP_CLASSES),
             len(ACCEPTED_TRANSFER_SYNTAXES),
+            self.policy.max_associations,
         )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting associations, let running ones finish for up to ``timeout`` seconds, then
-        abort what is left. An aborted C-STORE was never acknowledged, so the sender still has it."""
+        """Stop accepting associations, let C-STOREs in progress finish for up to ``timeout``
+        seconds, then end every association left at once: idle and silent ones are not waited for.
+        An aborted C-STORE was never acknowledged, so the sender still has it."""
         server, self._server = self._server, None
         if server is None:
             return
         server.shutdown()  # closes the listening socket; live associations keep their threads
         deadline = time.monotonic() + timeout
-        while server.active_associations and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for assoc in server.active_associations:
-            logger.warning("aborting association from %s at shutdown", assoc.requestor.ae_title)
-            assoc.abort()
+        while time.monotonic() < deadline and any(a in self._peers.busy for a in server.active_associations):
+            time.sleep(0.02)
+        left = server.active_associations
+        for assoc in left:
+            busy = assoc in self._peers.busy
+            logger.log(
+                logging.WARNING if busy else logging.INFO,
+                "ending %s association from %s at shutdown",
+                "a busy" if busy else "an idle",
+                assoc.requestor.ae_title or assoc.requestor.address,
+            )
+            # Never Association.kill() here: it waits for the peer to close the connection, which a
+            # dead or silent peer never does. A-ABORT is queued, then the socket is shut down.
+            if assoc.is_established:
+                assoc.abort(block=False)
+            else:
+                assoc.dul.kill_dul()
+        if left:
+            time.sleep(0.1)  # lets the DUL threads put the queued A-ABORTs on the wire
+        for assoc in left:
+            sock = getattr(assoc.dul.socket, "socket", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
         logger.info("DICOM receiver %s stopped", self.ae_title)
 
     def __enter__(self) -> DicomReceiver:
