@@ -1193,16 +1193,20 @@ def users_add(
     name: Annotated[str, typer.Argument(help="username: letters, digits and . _ @ -")],
     role: Annotated[str, typer.Option("--role", help="admin | radiologist")],
 ) -> None:
-    """Create a user; the password (at least 8 characters) is read from standard input. Prints JSON."""
-    from covidet.api.auth import MIN_PASSWORD_LENGTH, hash_password
+    """Create a user; the password (at least 12 characters, not a common one) is read from standard
+    input. Prints JSON."""
+    from covidet.api.auth import hash_password
+    from covidet.api.passwords import WeakPassword, check_password
     from covidet.store import review_queries as rq
 
     settings = _setup()
     if role not in ("admin", "radiologist"):
         raise _fail(f"--role must be admin or radiologist, not {role!r}")
     password = _read_password()
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise _fail(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    try:
+        check_password(password)  # the API's policy (docs/security-web.md)
+    except WeakPassword as exc:
+        raise _fail(str(exc)) from None
     db = _database(settings)
     try:
         with db.session(write=True) as session:

@@ -178,8 +178,9 @@ def test_deactivation_ends_sessions_and_tokens_and_keeps_an_admin(sqlite_env: Ap
             refused = client.patch(f"/api/v1/users/{admin_id}", json=change, headers=admin)
             assert refused.status_code == 409 and "last active admin" in refused.json()["detail"]
         # Users: duplicate names (any case), short passwords and bad names are refused.
+        good = "gentle-otter-lamp"
         taken = client.post(
-            "/api/v1/users", json={"username": "RAD", "password": "x" * 8, "role": "admin"}, headers=admin
+            "/api/v1/users", json={"username": "RAD", "password": good, "role": "admin"}, headers=admin
         )
         assert taken.status_code == 409
         short = client.post(
@@ -187,7 +188,7 @@ def test_deactivation_ends_sessions_and_tokens_and_keeps_an_admin(sqlite_env: Ap
         )
         assert short.status_code == 422
         bad = client.post(
-            "/api/v1/users", json={"username": "e ve", "password": "x" * 8, "role": "admin"}, headers=admin
+            "/api/v1/users", json={"username": "e ve", "password": good, "role": "admin"}, headers=admin
         )
         assert bad.status_code == 422
         # A new password works at once, and ends the old credentials.
@@ -227,7 +228,7 @@ def test_users_and_api_token_commands(tmp_path: Path, monkeypatch) -> None:
     assert added.exit_code == 0, added.output
     assert '"username": "alice"' in added.stdout and "alice-password" not in added.output
     short = runner.invoke(cli_app, ["users", "add", "bob", "--role", "radiologist"], input="short\n")
-    assert short.exit_code == 2 and "at least 8" in short.output
+    assert short.exit_code == 2 and "at least 12" in short.output
     again = runner.invoke(cli_app, ["users", "add", "ALICE", "--role", "admin"], input="alice-password\n")
     assert again.exit_code == 2 and "taken" in again.output
     role = runner.invoke(cli_app, ["users", "add", "carl", "--role", "device"], input="carl-password\n")

@@ -2,7 +2,8 @@
 
 Users are never deleted: deactivating one ends their sessions and revokes their tokens at once, and
 keeps their name in the audit log. The last active admin cannot be demoted or deactivated (409).
-Changes are audited (``user.create``, ``user.update``).
+Changes are audited (``user.create``, ``user.update``). New passwords follow the policy of
+:mod:`covidet.api.passwords` (at least 12 characters, not a common password): 422 otherwise.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Request, status
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
-from covidet.api.auth import MIN_PASSWORD_LENGTH, AdminUser, AuthenticatedUser, audit_in, hash_password
+from covidet.api import passwords
+from covidet.api.auth import AdminUser, AuthenticatedUser, audit_in, hash_password
 from covidet.api.deps import DatabaseDep
 from covidet.api.schemas import AUTH_ERRORS, UNSAFE_ERRORS, IdPath, Limit, Offset, PageMeta, error_responses
 from covidet.store import review_queries as rq
@@ -27,7 +29,18 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/users", tags=["users"])
 
-Password = Annotated[str, StringConstraints(min_length=MIN_PASSWORD_LENGTH, max_length=1024)]
+
+def _policy(password: str) -> str:
+    passwords.check_password(password)  # WeakPassword is a ValueError: a 422 naming the rule
+    return password
+
+
+#: A new password: 12-128 characters, not a common one (covidet.api.passwords, ASVS 2.1).
+Password = Annotated[
+    str,
+    StringConstraints(min_length=passwords.MIN_LENGTH, max_length=passwords.MAX_LENGTH),
+    AfterValidator(_policy),
+]
 
 
 class UserCreate(BaseModel):
@@ -46,7 +59,7 @@ class UserUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    active: bool | None = None
+    active: StrictBool | None = None  # true or false, not 0 or "no" (the schema says boolean)
     role: Role | None = None
     password: Password | None = None
 
