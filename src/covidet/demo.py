@@ -521,7 +521,7 @@ def run_demo(
     home_dir = (
         Path(tempfile.mkdtemp(prefix="covidet-demo-")) if home is None else home.expanduser().absolute()
     )
-    home_dir.mkdir(parents=True, exist_ok=True)
+    home_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # owner only: it holds patient data
     broker: Mosquitto | None = None
     run: _DemoRun | None = None
     announcer: threading.Thread | None = None

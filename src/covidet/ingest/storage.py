@@ -47,7 +47,7 @@ class ImageStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).expanduser()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)  # owner only: patient images
 
     def relative_path(self, sha256: str, media_type: str) -> str:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -64,7 +64,8 @@ class ImageStore:
         target = self.root / relative
         if target.is_file() and target.stat().st_size == len(data):
             return StoredFile(sha256, relative, len(data), already_present=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        for folder in (target.parent.parent, target.parent):  # owner only, like the root
+            folder.mkdir(exist_ok=True, mode=0o700)
         fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as handle:

@@ -7,7 +7,9 @@ Alembic revision; every entry point calls it once at start-up, so users never ru
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,12 +47,34 @@ def _sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """Create the SQLite file (and a missing folder) readable by its owner only: 0600 (0700).
+
+    The database holds patient identifiers. SQLite creates its -wal and -shm files with the mode of
+    the database file, so they follow. A file left readable by others (a database made before this
+    check) is narrowed, with a warning."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):  # an empty file is an empty database to SQLite
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = file.stat().st_mode & 0o777
+            if mode & 0o077:
+                file.chmod(mode & 0o700)
+                logger.warning("%s was readable by other users (mode %o): now %o", file, mode, mode & 0o700)
+        except FileNotFoundError:
+            pass
+        except PermissionError as exc:  # another user's file: say so, but do not stop
+            logger.warning("could not make %s private: %s", file, exc)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url``. For SQLite the parent folder is created and the connection pragmas set."""
+    """An engine for ``url``. For SQLite the file is created owner-only (0600, folder 0700) and the
+    connection pragmas set."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(Path(parsed.database).expanduser())
         connect_args = {"check_same_thread": False, "timeout": 30}
         engine = create_engine(url, connect_args=connect_args, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
