@@ -168,6 +168,34 @@ class Settings(BaseSettings):
     token_days: int = Field(
         30, ge=1, le=3650, description="lifetime of a bearer token from POST /api/v1/auth/token, days"
     )
+    # --- HTTP hardening (docs/security-web.md) ------------------------------------------------------------
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="largest request body of the web app and API other than an image upload (JSON, forms), "
+        "bytes; a larger one is refused with 413 before or while it is read (uploads: max_image_bytes)",
+    )
+    login_max_failures: int = Field(
+        10, ge=1, description="failed sign-ins of one username within login_window_seconds before it's locked"
+    )
+    login_max_failures_per_address: int = Field(
+        50,
+        ge=1,
+        description="failed sign-ins from one client address within login_window_seconds before it "
+        "is locked (behind a proxy, the proxy's address unless uvicorn trusts its forwarded headers)",
+    )
+    login_window_seconds: int = Field(
+        900,
+        ge=1,
+        description="window of the sign-in throttle, seconds: a locked username or address is "
+        "refused (429, Retry-After) until its oldest counted failure is this old",
+    )
+    hsts_seconds: int = Field(
+        31_536_000,
+        ge=0,
+        description="max-age of Strict-Transport-Security, sent on HTTPS answers only "
+        "(uvicorn --ssl-certfile, or X-Forwarded-Proto from a trusted proxy); 0: not sent",
+    )
     triage_thresholds: dict[str, float] = Field(
         default_factory=dict,
         description="overrides of the triage table's thresholds (field names of "
@@ -209,7 +237,7 @@ class Settings(BaseSettings):
         if kept:
             return kept
         path.unlink(missing_ok=True)  # an empty file left by a crash between create and write
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the home: owner only
         value = secrets.token_urlsafe(32)
         try:
             # O_EXCL: two processes starting together agree on whichever file was created first.

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,3 +192,89 @@ def test_no_server_errors_and_every_answer_documented(fuzz_target: tuple[str, st
         tested.append(operation.label)
     assert len(tested) >= 27, tested
     assert len(succeeded) >= 20, sorted(set(tested) - succeeded)
+
+
+# ------------------------------------------------------------------------ conformance (schemathesis CLI)
+
+#: Refusals the OpenAPI document cannot express, allowed for the one operation each (schemathesis'
+#: documented tuning): the password policy (covidet.api.passwords), "since must not be after until",
+#: a review's finding actions, checked against the image's AI result and the image's size, and signing a
+#: draft that has no label yet.
+CONFORMANCE_CONFIG = """
+[[operations]]
+include-name = "POST /api/v1/reviews"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
+
+[[operations]]
+include-name = "PATCH /api/v1/reviews/{review_id}"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
+
+[[operations]]
+include-name = "POST /api/v1/reviews/{review_id}/sign"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
+
+[[operations]]
+include-name = "POST /api/v1/users"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
+
+[[operations]]
+include-name = "GET /api/v1/patients/{patient_id}/vitals"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
+"""
+
+
+def test_schemathesis_conformance_checks_find_nothing(fuzz_target: tuple[str, str], tmp_path: Path) -> None:
+    """Every check of ``st run --checks all`` (schema-violating data refused, valid data accepted,
+    ``Allow`` on 405, missing auth refused, ...) over all phases, a bounded number of examples, with a
+    fixed seed. Response times are not checked (benchmarks/ measure speed)."""
+    base_url, token = fuzz_target
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(CONFORMANCE_CONFIG, encoding="utf-8")
+    excluded = [arg for method, path in NOT_FUZZED for arg in ("--exclude-path", path) if method != "GET"]
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("schemathesis")),
+            "--config-file", str(config),
+            "run", f"{base_url}/openapi.json",
+            "-H", f"Authorization: {token}",
+            "--checks", "all",
+            "--max-examples", os.environ.get("COVIDET_FUZZ_EXAMPLES", "5"),
+            "--seed", "20261203",
+            "--no-shrink",
+            "--workers", "1",
+            "--no-color",
+            *excluded,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,  # its cache folder (.schemathesis) goes there, not into the checkout
+    )  # fmt: skip
+    summary = done.stdout[done.stdout.rfind("SUMMARY") :] if "SUMMARY" in done.stdout else done.stdout[-3000:]
+    assert done.returncode == 0, done.stdout[-12000:] + done.stderr[-2000:]
+    assert "Tested: " in summary and "failures" not in summary.split("Test cases:")[-1], summary
+
+
+def test_schema_types_are_strict(sqlite_env: ApiEnv) -> None:
+    """What the document calls boolean, integer or date-time is refused in any other form (pydantic's
+    lax mode took 0, "no", "5" and 0.5 for them)."""
+    with sqlite_env.client() as client:
+        admin = sqlite_env.token(client, "admin")
+        rad_id = sqlite_env.users["rad"]
+        for value in (0, 1, "no", "false", "true", "yes"):
+            answer = client.patch(f"{API}/users/{rad_id}", json={"active": value}, headers=admin)
+            assert answer.status_code == 422, (value, answer.text)
+        assert client.get(f"{API}/users", headers=admin).json()["items"][1]["active"] is True
+        assert (
+            client.patch(f"{API}/users/{rad_id}", json={"active": False}, headers=admin).json()["active"]
+            is False
+        )
+        for query in ("until=0.5", "since=1700000000", "until=abc"):
+            for path in ("/audit", "/exports/training-manifest"):
+                assert client.get(f"{API}{path}?{query}", headers=admin).status_code == 422, (path, query)
+        assert client.get(f"{API}/audit?since=2026-11-28", headers=admin).status_code == 200
+        assert client.get(f"{API}/audit?until=2026-11-28T09:30:00Z", headers=admin).status_code == 200
+        for body in ({"name": "ci", "days": "5"}, {"name": "ci", "days": 5.5}, {"name": "ci", "days": True}):
+            assert client.post(f"{API}/auth/tokens", json=body, headers=admin).status_code == 422, body
+        for body in ({"image_id": "1"}, {"image_id": 1.5}, {"image_id": True}):
+            assert client.post(f"{API}/reviews", json=body, headers=admin).status_code == 422, body

@@ -24,6 +24,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from covidet import DISCLAIMER, __version__
 from covidet.api.deps import API_PREFIX
+from covidet.api.docs_ui import mount_docs
+from covidet.api.hsts import StrictTransportSecurity
+from covidet.api.limits import UPLOAD_MARGIN_BYTES, BodyGuard
+from covidet.api.methods import install_allow_header
+from covidet.api.ratelimit import LoginThrottle
 from covidet.api.routes import (
     alerts,
     audit,
@@ -103,7 +108,11 @@ def create_app(
             and an in-process queue without a consumer (images stay ``queued`` until a worker runs).
 
     Routes: the JSON API under ``/api/v1`` (see docs/api.md); OpenAPI at ``/openapi.json`` and
-    interactive docs at ``/docs``. The secret key is resolved here, at start (in development it is
+    interactive docs at ``/docs``. Hardening (docs/security-web.md): request bodies authenticated
+    before they are read and bounded (:mod:`covidet.api.limits`), sign-in throttling
+    (:mod:`covidet.api.ratelimit`), HSTS over HTTPS, full ``Allow`` lists on 405.
+
+    The secret key is resolved here, at start (in development it is
     created under ``settings.home`` on first use).
     """
     settings = settings or get_settings()
@@ -138,7 +147,7 @@ def create_app(
         version=__version__,
         description=f"Early assessment of Covid-19 from chest X-rays: devices and clinicians ({DISCLAIMER}).",
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # served from this server by mount_docs, not from a CDN (covidet.api.docs_ui)
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -146,7 +155,19 @@ def create_app(
     app.state.db = db
     app.state.ingest = ingest
     app.state.secret_key = secret_key
+    app.state.login_throttle = LoginThrottle.from_settings(settings)
+    # Outermost last: HSTS and the API's headers also go on the guard's own 401/413 answers.
+    app.add_middleware(
+        BodyGuard,
+        db=db,
+        max_body_bytes=settings.max_body_bytes,
+        # The upload route refuses (and records) a body past its own limit first; this is the backstop,
+        # set a margin higher so that one network read never crosses both limits at once.
+        max_upload_bytes=ingest.max_bytes + images.FORM_OVERHEAD_BYTES + UPLOAD_MARGIN_BYTES,
+    )
     app.add_middleware(_SecurityHeaders)
+    app.add_middleware(StrictTransportSecurity, max_age=settings.hsts_seconds)
+    install_allow_header(app)
 
     @app.exception_handler(rq.QueryError)
     async def query_error(request: Request, exc: rq.QueryError) -> JSONResponse:
@@ -191,4 +212,5 @@ def create_app(
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     mount_web(app)  # web pages, /static and GET /api/v1/events (covidet.web)
+    mount_docs(app)  # /docs: Swagger UI from this server, with a Content-Security-Policy
     return app

@@ -9,14 +9,16 @@ API refuses them first, as 422s.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import HTTPException, Path, Query, status
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
 
 __all__ = [
     "AUTH_ERRORS",
+    "JSON_NUMBER",
     "MAX_ID",
     "MAX_OFFSET",
     "NO_CONTROL_PATTERN",
@@ -25,6 +27,7 @@ __all__ = [
     "AiPublic",
     "ErrorPublic",
     "IdPath",
+    "IsoDateTime",
     "Limit",
     "Offset",
     "OptionalIdQuery",
@@ -93,6 +96,35 @@ def _no_nul(value: str) -> str:
 TextBody = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(_no_nul)]
 
 
+def _iso_text(value: Any) -> Any:
+    # Pydantic would also take a number (or a numeric string, such as a query's "0.5") as seconds since
+    # 1970; the OpenAPI document promises an ISO 8601 date-time, so nothing else is accepted.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
+        raise ValueError("expected an ISO 8601 date-time, e.g. 2026-11-28T09:30:00Z")
+    return value
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+#: A time in a query: ISO 8601 text only (a date alone is midnight); see :func:`as_utc`.
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_text)]
+
+
+def _json_number(value: Any) -> Any:
+    # The JSON Schema of an integer or number field admits JSON numbers only (3 and 3.0 alike), but
+    # pydantic's lax mode also takes "3" and true; strict mode would refuse 3.0, which the schema allows.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a JSON number")
+    return value
+
+
+#: For a body's integer or number, last in its ``Annotated`` (after the ``Field`` bounds, which then
+#: stay in the OpenAPI document): a JSON number only (an integer may be written 3.0), never a string
+#: or a boolean.
+JSON_NUMBER = BeforeValidator(_json_number)
+
+
 def as_utc(moment: datetime | None, name: str) -> datetime | None:
     """A query-parameter time as aware UTC (naive times are taken as UTC, as everywhere in covidet).
 
@@ -120,6 +152,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "Too large",
         415: "Unsupported media type",
         422: "Invalid parameters or body",
+        429: "Too many failed sign-ins: try again after Retry-After seconds",
     }
     return {code: {"model": ErrorPublic, "description": descriptions[code]} for code in codes}
 
@@ -127,8 +160,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 #: What every authenticated route may answer besides its own results.
 AUTH_ERRORS = error_responses(401, 403, 422)
 #: ... and every authenticated POST, PUT, PATCH or DELETE: a body that cannot be parsed is a 400 (the
-#: CSRF check reads the form of a cookie-authenticated request, whatever the route's own body).
-UNSAFE_ERRORS = error_responses(400, 401, 403, 422)
+#: CSRF check reads the form of a cookie-authenticated request, whatever the route's own body); a body
+#: over ``max_body_bytes`` is a 413 (covidet.api.limits).
+UNSAFE_ERRORS = error_responses(400, 401, 403, 413, 422)
 
 
 # ------------------------------------------------------------- summaries shared by several resources

@@ -43,7 +43,6 @@ from covidet import DISCLAIMER, __version__
 from covidet.api.auth import (
     SESSION_COOKIE,
     AuthenticatedUser,
-    authenticate,
     clear_session_cookie,
     end_session,
     get_optional_user,
@@ -51,6 +50,7 @@ from covidet.api.auth import (
     set_session_cookie,
     start_session,
 )
+from covidet.api.ratelimit import LoginLocked, throttled_authenticate
 from covidet.api.routes.worklist import WorklistItemPublic, worklist_item
 from covidet.domain import Label
 from covidet.store import review_queries as rq
@@ -315,7 +315,17 @@ async def login_submit(request: Request) -> Response:
             username=username,
         )
     db = _db(request)
-    found = await run_in_threadpool(authenticate, db, username, password)
+    try:  # the API's sign-in throttle (covidet.api.ratelimit): 429 while locked
+        found = await throttled_authenticate(request, db, username, password)
+    except LoginLocked as exc:
+        locked = _login_form(
+            request,
+            error=f"Too many failed sign-ins. Try again in {exc.retry_after} seconds.",
+            status_code=429,
+            username=username,
+        )
+        locked.headers["Retry-After"] = str(exc.retry_after)
+        return locked
     if found is None:
         tried = username if re.fullmatch(rq.USERNAME_PATTERN, username) else None
         await run_in_threadpool(

@@ -17,7 +17,15 @@ from pydantic import BaseModel
 
 from covidet.api.auth import AdminUser, record_audit
 from covidet.api.deps import DatabaseDep
-from covidet.api.schemas import AUTH_ERRORS, NO_CONTROL_PATTERN, Limit, Offset, PageMeta, as_utc
+from covidet.api.schemas import (
+    AUTH_ERRORS,
+    NO_CONTROL_PATTERN,
+    IsoDateTime,
+    Limit,
+    Offset,
+    PageMeta,
+    as_utc,
+)
 from covidet.store import review_queries as rq
 
 __all__ = ["AuditEventPublic", "AuditEventsPublic", "router"]
@@ -55,8 +63,8 @@ def list_audit(
     action: Annotated[Filter, Query(description="exact, or a prefix ending in '.' (read.)")] = None,
     object_type: Filter = None,
     object_id: Filter = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoDateTime | None = None,
+    until: IsoDateTime | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> AuditEventsPublic:

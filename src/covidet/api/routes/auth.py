@@ -3,7 +3,9 @@
 ``POST /auth/token`` and ``POST /auth/login`` are the only routes besides health that need no
 credentials. Both take the OAuth2 password form (``application/x-www-form-urlencoded`` with
 ``username`` and ``password``) and answer a wrong username, password or an inactive account with the
-same 401, so nobody can learn which usernames exist. Every attempt is in the audit log.
+same 401, so nobody can learn which usernames exist. Every attempt is in the audit log. Too many
+failures for a username or from an address lock them for a while: 429 with ``Retry-After``
+(:mod:`covidet.api.ratelimit`).
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, StringConstraints
 
 from covidet.api.auth import (
     CurrentUser,
-    authenticate,
     clear_session_cookie,
     end_session,
     issue_token,
@@ -29,7 +30,15 @@ from covidet.api.auth import (
     start_session,
 )
 from covidet.api.deps import DatabaseDep, SettingsDep
-from covidet.api.schemas import AUTH_ERRORS, NO_CONTROL_PATTERN, UNSAFE_ERRORS, IdPath, error_responses
+from covidet.api.ratelimit import LoginLocked, throttled_authenticate
+from covidet.api.schemas import (
+    AUTH_ERRORS,
+    JSON_NUMBER,
+    NO_CONTROL_PATTERN,
+    UNSAFE_ERRORS,
+    IdPath,
+    error_responses,
+)
 from covidet.store import review_queries as rq
 from covidet.store.models import ApiToken
 
@@ -82,7 +91,7 @@ class ApiTokenCreate(BaseModel):
     ``token_days``."""
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NO_CONTROL_PATTERN)]
-    days: int | None = Field(None, ge=1, le=3650)
+    days: Annotated[int, Field(ge=1, le=3650), JSON_NUMBER] | None = None
 
 
 class ApiTokenPublic(BaseModel):
@@ -115,10 +124,16 @@ def _token_public(row: ApiToken) -> ApiTokenPublic:
     )
 
 
-async def _password_login(
-    request: Request, db: DatabaseDep, form: OAuth2PasswordRequestForm
-) -> tuple[int, str, str]:
-    found = await run_in_threadpool(authenticate, db, form.username, form.password)
+async def _password_login(request: Request, db: DatabaseDep, form: _PasswordForm) -> tuple[int, str, str]:
+    try:
+        found = await throttled_authenticate(request, db, form.username, form.password)
+    except LoginLocked as exc:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"too many failed sign-ins for this username or address: try again in "
+            f"{exc.retry_after} seconds",
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
     if found is None:
         # The name tried is kept (cut, and only when it could be a username) to spot guessing.
         tried = form.username if re.fullmatch(rq.USERNAME_PATTERN, form.username) else None
@@ -131,10 +146,37 @@ async def _password_login(
     return found
 
 
-PasswordForm = Annotated[OAuth2PasswordRequestForm, Depends()]
+class _PasswordForm(OAuth2PasswordRequestForm):
+    """FastAPI's OAuth2 password form, with what the server always refused written into the schema:
+    an empty username or password is missing (422), and a password longer than 1024 characters can
+    match no account. ``grant_type`` is not checked (a form cannot tell a JSON null from "null")."""
+
+    def __init__(
+        self,
+        *,
+        grant_type: Annotated[str | None, Form()] = None,  # "password" when sent; not checked
+        username: Annotated[str, Form(min_length=1)],
+        password: Annotated[
+            str, Form(min_length=1, max_length=1024, json_schema_extra={"format": "password"})
+        ],
+        scope: Annotated[str, Form()] = "",
+        client_id: Annotated[str | None, Form()] = None,
+        client_secret: Annotated[str | None, Form(json_schema_extra={"format": "password"})] = None,
+    ) -> None:
+        super().__init__(
+            grant_type=grant_type,
+            username=username,
+            password=password,
+            scope=scope,
+            client_id=client_id,
+            client_secret=client_secret,
+        )
 
 
-@router.post("/token", response_model=TokenPublic, responses=error_responses(400, 401, 422))
+PasswordForm = Annotated[_PasswordForm, Depends()]
+
+
+@router.post("/token", response_model=TokenPublic, responses=error_responses(400, 401, 413, 422, 429))
 async def create_token(
     request: Request, form: PasswordForm, db: DatabaseDep, settings: SettingsDep
 ) -> TokenPublic:
@@ -159,7 +201,7 @@ async def create_token(
     return TokenPublic(access_token=issued.access_token, expires_at=issued.expires_at)
 
 
-@router.post("/login", response_model=LoginPublic, responses=error_responses(400, 401, 422))
+@router.post("/login", response_model=LoginPublic, responses=error_responses(400, 401, 413, 422, 429))
 async def login(
     request: Request, response: Response, form: PasswordForm, db: DatabaseDep, settings: SettingsDep
 ) -> LoginPublic:

@@ -45,7 +45,7 @@ from starlette.background import BackgroundTask
 from covidet import DISCLAIMER, __version__
 from covidet.api.auth import RadiologistUser, record_audit
 from covidet.api.deps import DatabaseDep, StoreDep
-from covidet.api.schemas import AUTH_ERRORS, as_utc
+from covidet.api.schemas import AUTH_ERRORS, IsoDateTime, as_utc
 from covidet.imaging.reader import ImageReadError, read_image
 from covidet.ingest.storage import ImageStore
 from covidet.store import review_queries as rq
@@ -174,8 +174,8 @@ async def training_manifest(
     user: RadiologistUser,
     db: DatabaseDep,
     store: StoreDep,
-    since: Annotated[datetime | None, Query(description="signed at or after (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="signed at or before (ISO 8601)")] = None,
+    since: Annotated[IsoDateTime | None, Query(description="signed at or after (ISO 8601)")] = None,
+    until: Annotated[IsoDateTime | None, Query(description="signed at or before (ISO 8601)")] = None,
 ) -> FileResponse:
     """Signed reviews as a zip that ``covidet train --data`` reads (see docs/api.md)."""
     start, end = as_utc(since, "since"), as_utc(until, "until")

@@ -23,6 +23,7 @@ from covidet.api.auth import RadiologistUser, audit_in, record_audit
 from covidet.api.deps import DatabaseDep
 from covidet.api.schemas import (
     AUTH_ERRORS,
+    JSON_NUMBER,
     MAX_ID,
     UNSAFE_ERRORS,
     IdPath,
@@ -52,8 +53,9 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/reviews", tags=["reviews"])
 
-#: A coordinate: finite, and far beyond any X-ray's size (the image bounds are checked later).
-Coordinate = Annotated[float, Field(ge=-1e7, le=1e7, allow_inf_nan=False)]
+#: A coordinate: finite, and far beyond any X-ray's size (the image bounds are checked later). Like every
+#: number of a request body, a JSON number, never a string or a boolean.
+Coordinate = Annotated[float, Field(ge=-1e7, le=1e7, allow_inf_nan=False), JSON_NUMBER]
 
 
 class ReviewFindingIn(BaseModel):
@@ -64,7 +66,7 @@ class ReviewFindingIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     action: ReviewAction
-    source_finding_id: int | None = Field(None, ge=1, le=MAX_ID)
+    source_finding_id: Annotated[int, Field(ge=1, le=MAX_ID), JSON_NUMBER] | None = None
     label: Label | None = None
     box: list[Coordinate] | None = Field(None, min_length=4, max_length=4)
 
@@ -82,7 +84,7 @@ class ReviewCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_id: int = Field(ge=1, le=MAX_ID)
+    image_id: Annotated[int, Field(ge=1, le=MAX_ID), JSON_NUMBER]
     label: Label | None = Field(None, description="image-level conclusion; required to sign")
     comment: TextBody | None = None
     findings: list[ReviewFindingIn] = Field(default_factory=list, max_length=500)

@@ -15,6 +15,7 @@ from covidet.api.deps import DatabaseDep
 from covidet.api.schemas import (
     AUTH_ERRORS,
     IdPath,
+    IsoDateTime,
     PatientRef,
     VitalValuePublic,
     as_utc,
@@ -62,8 +63,8 @@ def get_vitals(
     patient_id: IdPath,
     user: RadiologistUser,
     db: DatabaseDep,
-    since: Annotated[datetime | None, Query(description="ISO 8601; naive times are UTC")] = None,
-    until: Annotated[datetime | None, Query(description="ISO 8601; naive times are UTC")] = None,
+    since: Annotated[IsoDateTime | None, Query(description="ISO 8601; naive times are UTC")] = None,
+    until: Annotated[IsoDateTime | None, Query(description="ISO 8601; naive times are UTC")] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> VitalsPublic:
     """A patient's readings in a time range, for the trend chart."""
