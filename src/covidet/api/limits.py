@@ -10,8 +10,8 @@ being told 401. :class:`BodyGuard` sits in front of the app and, for every reque
    :func:`covidet.api.auth.get_current_user` will (bearer token first, else session cookie), and
    answers 401 without reading one byte of the body when there is none or it is not valid.
 2. Refuses with 413 a declared ``Content-Length`` above the limit, before reading.
-3. Counts the bytes as they arrive (chunked bodies have no ``Content-Length``; a declared length is not
-   trusted either) and answers 413 as soon as the count passes the limit.
+3. Counts the bytes as they arrive, for every request (chunked bodies have no ``Content-Length``, and
+   a declared length is not trusted either) and answers 413 as soon as the count passes the limit.
 
 Limits: ``settings.max_body_bytes`` (default 1 MiB) for JSON and form bodies; the image upload keeps
 its own, larger limit (``max_image_bytes`` + the multipart envelope, enforced and recorded by
@@ -119,7 +119,7 @@ class BodyGuard:
         self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _has_body(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = Request(scope)
@@ -127,8 +127,13 @@ class BodyGuard:
         peer = request.client.host if request.client else "unknown address"
         is_upload = route == UPLOAD_ROUTE
         limit = self.max_upload_bytes if is_upload else self.max_body_bytes
+        needs_user = (
+            scope["path"].startswith(API_PREFIX + "/") and not is_upload and route not in PUBLIC_BODY_ROUTES
+        )
 
-        if scope["path"].startswith(API_PREFIX + "/") and not is_upload and route not in PUBLIC_BODY_ROUTES:
+        # Only a request that announces a body is checked before it is read (the others are answered
+        # by the route's own dependencies, at no extra cost); every request's bytes are counted.
+        if needs_user and _has_body(scope):
             reason = await run_in_threadpool(_credential_error, self.db, request)
             if reason is not None:
                 logger.warning("%s %s from %s refused before its body: %s", *route, peer, reason)
