@@ -1127,13 +1127,20 @@ def report(
     image_or_study: Annotated[
         str, typer.Argument(help="image id (digits) or Study Instance UID (its newest analysed image)")
     ],
-    fmt: Annotated[str, typer.Option("--format", help="fhir (R4B DiagnosticReport JSON) or dicom")] = "fhir",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="fhir (R4B DiagnosticReport JSON), dicom (Secondary Capture), sr (TID 1500 DICOM SR of "
+            "the AI result) or sr-review (the newest signed review as an SR)",
+        ),
+    ] = "fhir",
     out: Annotated[Path, typer.Option("--out", help="file to write")] = Path("report.json"),
     forward: Annotated[
         bool, typer.Option("--forward", help="also send the DICOM report to the PACS in settings (C-STORE)")
     ] = False,
 ) -> None:
-    """Write the report of an analysed image: FHIR DiagnosticReport or DICOM Secondary Capture."""
+    """Write the report of an analysed image: FHIR DiagnosticReport, DICOM Secondary Capture or SR."""
     from covidet.ingest.storage import ImageStore
     from covidet.worker.reporting import (
         ReportNotAvailable,
@@ -1143,8 +1150,8 @@ def report(
     )
 
     settings = _setup()
-    if fmt not in {"fhir", "dicom"}:
-        raise _fail(f"--format must be fhir or dicom, not {fmt!r}")
+    if fmt not in {"fhir", "dicom", "sr", "sr-review"}:
+        raise _fail(f"--format must be fhir, dicom, sr or sr-review, not {fmt!r}")
     db = _database(settings)
     store = ImageStore(settings.image_store_dir)
     try:

@@ -1,5 +1,5 @@
-"""Reports out of an analysed image: `covidet report` as FHIR and DICOM, and forwarding to a real
-PACS (a private Orthanc) over C-STORE after each analysis."""
+"""Reports out of an analysed image: `covidet report` as FHIR, DICOM and DICOM SR, and forwarding to a
+real PACS (a private Orthanc) over C-STORE after each analysis."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydicom import dcmread
 
 from covidet import DISCLAIMER
+from covidet.assessment.reports import SECONDARY_CAPTURE_SOP_CLASS as SC_SOP_CLASS
 from covidet.config import get_settings
 from covidet.imaging import read_image
+from covidet.reports import COMPREHENSIVE_3D_SR_SOP_CLASS
 from covidet.store import Image, ImageStatus
 from covidet.worker.runtime import build_runtime
 
@@ -28,6 +31,19 @@ def orthanc():
     server = start_orthanc()
     yield server
     server.stop()
+
+
+def _stored_sop_classes(orthanc) -> list[str]:
+    """SOP Class UID of every instance Orthanc stored (its REST API)."""
+    with urllib.request.urlopen(f"{orthanc.url}/instances?expand", timeout=30) as response:
+        instances = json.load(response)
+    classes = []
+    for instance in instances:
+        with urllib.request.urlopen(
+            f"{orthanc.url}/instances/{instance['ID']}/simplified-tags", timeout=30
+        ) as tags:
+            classes.append(json.load(tags)["SOPClassUID"])
+    return classes
 
 
 def _wait_analysed(runtime, image_id: int, timeout: float = 60) -> None:
@@ -51,18 +67,21 @@ def test_analysed_image_is_forwarded_to_the_pacs_and_reported_by_the_cli(
         accepted = runtime.ingest.accept(rg1_dicom.read_bytes(), channel="dicom", device_id=None)
         _wait_analysed(runtime, accepted.image_id)
         deadline = time.monotonic() + 30
-        while orthanc.instance_count() < 1 and time.monotonic() < deadline:
+        while orthanc.instance_count() < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert orthanc.instance_count() == 1, "Orthanc did not store the forwarded report"
+        # The Secondary Capture and, beside it, the TID 1500 SR (docs/dicom-sr.md).
+        assert orthanc.instance_count() == 2, "Orthanc did not store the forwarded reports"
+        assert sorted(_stored_sop_classes(orthanc)) == [SC_SOP_CLASS, COMPREHENSIVE_3D_SR_SOP_CLASS]
     finally:
         runtime.close()
 
     env = {**os.environ, "COVIDET_HOME": str(tmp_path)}
     source = dcmread(rg1_dicom, stop_before_pixels=True)
-    fhir_out, dicom_out = tmp_path / "report.json", tmp_path / "report.dcm"
+    fhir_out, dicom_out, sr_out = tmp_path / "report.json", tmp_path / "report.dcm", tmp_path / "sr.dcm"
     for fmt, out, ident in (
         ("fhir", fhir_out, str(accepted.image_id)),
         ("dicom", dicom_out, str(source.StudyInstanceUID)),
+        ("sr", sr_out, str(accepted.image_id)),
     ):
         done = subprocess.run(
             [sys.executable, "-m", "covidet.cli", "report", ident, "--format", fmt, "--out", str(out)],
@@ -81,6 +100,10 @@ def test_analysed_image_is_forwarded_to_the_pacs_and_reported_by_the_cli(
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sc.BurnedInAnnotation == "YES"
     assert read_image(dicom_out).width == source.Columns
+    sr = dcmread(sr_out)
+    assert sr.SOPClassUID == COMPREHENSIVE_3D_SR_SOP_CLASS and sr.StudyInstanceUID == source.StudyInstanceUID
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
 
     missing = subprocess.run(
         [sys.executable, "-m", "covidet.cli", "report", "999", "--out", str(tmp_path / "x.json")],

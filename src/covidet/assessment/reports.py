@@ -48,6 +48,7 @@ __all__ = [
     "ReportContext",
     "dicom_secondary_capture",
     "fhir_diagnostic_report",
+    "write_atomically",
     "write_report",
 ]
 
@@ -171,6 +172,8 @@ class ReportContext:
     vitals: list[VitalSign]
     issued_at: datetime
     report_id: str
+    #: Store id of the inference reported (``None`` when unknown): keys the DICOM SR's UIDs.
+    inference_id: int | None = None
 
     @property
     def model_label(self) -> str:
@@ -656,7 +659,7 @@ def dicom_secondary_capture(
 # ------------------------------------------------------------------------------------------- write out
 
 
-def _write_atomically(out: Path, data: bytes) -> None:
+def write_atomically(out: Path, data: bytes) -> None:
     """Write ``data`` to ``out`` so that a reader never sees a half-written report."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
@@ -699,5 +702,5 @@ def write_report(
         data = buffer.getvalue()
     else:
         raise ValueError(f"unknown report format {fmt!r}: expected 'fhir' or 'dicom'")
-    _write_atomically(out, data)
+    write_atomically(out, data)
     return out

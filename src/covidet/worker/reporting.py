@@ -1,5 +1,6 @@
 """Reports from the store: gather an analysed image's facts into a
-:class:`~covidet.assessment.reports.ReportContext`, write FHIR or DICOM, forward to a PACS.
+:class:`~covidet.assessment.reports.ReportContext`, write FHIR or DICOM (Secondary Capture, or a
+TID 1500 SR through :mod:`covidet.reports`), forward to a PACS.
 
 The report describes the newest successful inference of the image and its newest triage record
 (with the vital signs that triage used).
@@ -122,6 +123,7 @@ def build_report(db: Database, store: ImageStore, image_id: int) -> tuple[Report
             issued_at=datetime.now(UTC),
             # Stable per (image, inference, triage): the same report twice is the same object.
             report_id=f"covidet-{image.id}-{inference.id}-{triage.id if triage is not None else 0}",
+            inference_id=inference.id,
         )
         path = store.path(image.path)
         is_dicom = image.media_type == "application/dicom"
@@ -131,30 +133,70 @@ def build_report(db: Database, store: ImageStore, image_id: int) -> tuple[Report
 
 
 def write_image_report(db: Database, store: ImageStore, image_id: int, fmt: str, out: Path) -> Path:
-    """Write the report of ``image_id`` as ``fmt`` (``fhir`` JSON or ``dicom`` Secondary Capture)."""
+    """Write the report of ``image_id`` as ``fmt``: ``fhir`` JSON, ``dicom`` Secondary Capture, ``sr``
+    (the AI result as a TID 1500 DICOM SR) or ``sr-review`` (the newest signed review as an SR that
+    refers to the AI SR; see ``docs/dicom-sr.md``).
+
+    Raises:
+        ReportNotAvailable: no analysis, no signed review (``sr-review``), or no DICOM source (SRs).
+    """
     ctx, pixels, source = build_report(db, store, image_id)
+    if fmt in ("sr", "sr-review"):
+        from covidet.reports import (
+            ReviewNotAvailable,
+            SourceNotDicom,
+            ai_structured_report,
+            load_signed_review,
+            review_structured_report,
+            write_sr,
+        )
+
+        try:
+            if fmt == "sr":
+                return write_sr(ai_structured_report(ctx, source), out)
+            facts = load_signed_review(db, image_id=image_id)
+            return write_sr(review_structured_report(ctx, source, facts), out)
+        except (SourceNotDicom, ReviewNotAvailable) as exc:
+            raise ReportNotAvailable(str(exc)) from exc
     return write_report(ctx, fmt, out, xray_pixels=pixels, source=source)  # type: ignore[arg-type]
 
 
 def forward_report(db: Database, store: ImageStore, image_id: int, settings: Any) -> int:
-    """Send the DICOM report of ``image_id`` to the PACS of ``settings`` (C-STORE); returns the status."""
+    """Send the DICOM reports of ``image_id`` to the PACS of ``settings`` (C-STORE) and return the
+    status of the Secondary Capture.
+
+    The Secondary Capture goes first (every viewer shows it); then, when the image came as DICOM, the
+    AI result as a TID 1500 SR (``docs/dicom-sr.md``), whose status is logged. A PNG/JPEG upload (or a
+    header without a series UID) has no DICOM image for an SR to refer to: it gets the capture only.
+    """
     from covidet.ingest.forward import forward_to_pacs
+    from covidet.reports import SourceNotDicom, ai_structured_report
+
+    def send(kind: str, dataset: Any) -> int:
+        status = forward_to_pacs(
+            dataset,
+            host=settings.pacs_host,
+            port=settings.pacs_port,
+            called_ae=settings.pacs_ae_title,
+            calling_ae=settings.ae_title,
+        )
+        logger.info(
+            "report (%s) of image %d forwarded to %s@%s:%d: status 0x%04X",
+            kind,
+            image_id,
+            settings.pacs_ae_title,
+            settings.pacs_host,
+            settings.pacs_port,
+            status,
+        )
+        return status
 
     ctx, pixels, source = build_report(db, store, image_id)
-    dataset = dicom_secondary_capture(ctx, pixels, source=source)
-    status = forward_to_pacs(
-        dataset,
-        host=settings.pacs_host,
-        port=settings.pacs_port,
-        called_ae=settings.pacs_ae_title,
-        calling_ae=settings.ae_title,
-    )
-    logger.info(
-        "report of image %d forwarded to %s@%s:%d: status 0x%04X",
-        image_id,
-        settings.pacs_ae_title,
-        settings.pacs_host,
-        settings.pacs_port,
-        status,
-    )
+    status = send("secondary capture", dicom_secondary_capture(ctx, pixels, source=source))
+    try:
+        sr = ai_structured_report(ctx, source)
+    except SourceNotDicom as exc:
+        logger.info("no SR of image %d forwarded: %s", image_id, exc)
+        return status
+    send("SR", sr)
     return status
