@@ -17,7 +17,8 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import generate_uid
+from pydicom.pixels import get_decoder
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from covidet.imaging.dicom_writer import dicom_bytes, xray_to_dicom
 from covidet.imaging.reader import ImageReadError, inspect_image, read_image
@@ -73,10 +74,13 @@ def test_a_cut_jpeg_frame_is_refused(chest: tuple[Dataset, Dataset], percent: in
     cut = frame[: len(frame) * percent // 100]
     data = _bytes(jpeg, PixelData=encapsulate([cut + b"\0" * (len(cut) % 2)]))
     inspect_image(data)  # the old, header-only acceptance check passes it...
-    padded = read_image(data)  # ...and the decoder silently pads it
-    assert padded.pixels.shape == (jpeg.Rows, jpeg.Columns)
+    cut_ds = dcmread(io.BytesIO(data))
+    padded, _ = get_decoder(JPEGBaseline8Bit).as_array(cut_ds, index=0, decoding_plugin="pylibjpeg")
+    assert padded.shape == (jpeg.Rows, jpeg.Columns)  # ...and the old reader's decoder pads it silently
     with pytest.raises(ImageReadError, match=r"truncated compressed frame.*without the end marker FFD9"):
         validate_image(data)
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_image(data)  # the analysis's reader (Pillow for 8-bit baseline) refuses it too
 
 
 def test_undecodable_frames_are_refused_without_error_tracebacks(

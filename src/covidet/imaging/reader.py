@@ -27,6 +27,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from covidet.imaging import decoder_log
 from covidet.imaging.display import grayscale_display
+from covidet.imaging.frames import decode_frame
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -291,11 +292,11 @@ def _read_dicom(data: bytes, name: str, max_pixels: int) -> XRayImage:
     tsyntax = _transfer_syntax(ds)
     ts_label = tsyntax.name if tsyntax.name == str(tsyntax) else f"{tsyntax.name} [{tsyntax}]"
     try:
-        decoder = get_decoder(tsyntax)
+        get_decoder(tsyntax)
     except NotImplementedError as exc:
         raise ImageReadError(name, f"DICOM transfer syntax {ts_label} is not supported") from exc
     try:
-        arr, meta = decoder.as_array(ds, index=0, as_rgb=True)
+        arr, meta = decode_frame(ds, tsyntax)
     except BaseException as exc:  # a Rust decoder's PanicException derives from BaseException
         if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
             raise

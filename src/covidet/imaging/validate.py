@@ -16,9 +16,10 @@ acknowledge (C-STORE success, HTTP 201); both refuse the same inputs for the sam
    half-grey image without an error), so decoding alone does not find truncation; and they size
    their output from the frame header, so a frame claiming 60000 x 60000 pixels inside a small
    image would be a decompression bomb that the DICOM header check cannot see.
-4. **Decode** the frame once, with the decoder the analysis will use, and run the display transform
-   (Modality LUT, VOI LUT or window) on a small crop, which finds malformed LUTs and windows at the
-   cost of a few pixels. PNG and JPEG files are decoded by :func:`~covidet.imaging.reader.read_image`.
+4. **Decode** the frame once, with the decoder the analysis will use (:mod:`.frames`), and run the
+   display transform (Modality LUT, VOI LUT or window) on a small crop, which finds malformed LUTs
+   and windows at the cost of a few pixels. PNG and JPEG files are decoded by
+   :func:`~covidet.imaging.reader.read_image`.
 
 Everything refused raises :class:`~covidet.imaging.reader.ImageReadError` (one-line reason):
 :class:`NotChestRadiograph` for a readable image that is not what covidet assesses, a reason
@@ -36,10 +37,10 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.pixels import get_decoder
 from pydicom.uid import UID, RLELossless
 
 from covidet.imaging.display import grayscale_display
+from covidet.imaging.frames import decode_frame
 from covidet.imaging.reader import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -292,7 +293,7 @@ def _decode(ds: Dataset, tsyntax: UID, name: str) -> None:
     """Decode the frame as :func:`read_image` will, and run the display transform on a crop."""
     label = tsyntax.name if tsyntax.name == str(tsyntax) else f"{tsyntax.name} [{tsyntax}]"
     try:
-        arr, _ = get_decoder(tsyntax).as_array(ds, index=0, as_rgb=True)
+        arr, _ = decode_frame(ds, tsyntax)
     except BaseException as exc:  # a Rust decoder's PanicException derives from BaseException
         if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
             raise
