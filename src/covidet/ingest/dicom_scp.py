@@ -209,6 +209,7 @@ class DicomReceiver:
         port: int = DEFAULT_PORT,
         max_pdu: int = DEFAULT_MAX_PDU,
         policy: AssociationPolicy | None = None,
+        max_associations: int | None = None,
         acse_timeout: float = 5.0,
         network_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
@@ -225,6 +226,8 @@ class DicomReceiver:
         self.ae_title = ae_title
         self.host = host
         self.port = port
+        if max_associations is not None:  # the earlier signature's keyword: a policy with that limit
+            policy = AssociationPolicy(max_associations, (policy or AssociationPolicy()).peer_networks)
         self.policy = policy or AssociationPolicy()
         self.ssl_context = ssl_context
         self._peers = PeerRegistry()
