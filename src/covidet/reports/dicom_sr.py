@@ -58,7 +58,11 @@ __all__ = [
     "ai_sr_uids",
     "ai_structured_report",
     "box_region",
+    "require_dicom_source",
+    "source_group_reference",
     "sr_bytes",
+    "sr_document",
+    "statement_container",
     "tracking_identifier",
     "write_sr",
 ]
@@ -86,11 +90,9 @@ def _lo(text: str) -> str:
     return text.replace("\\", "/")[:64]
 
 
-def _document_key(ctx: ReportContext) -> str:
+def _inference_key(ctx: ReportContext) -> int | str:
     # One AI SR per (image, inference): the triage, which changes with new vital signs, is not in it.
-    if ctx.inference_id is not None:
-        return f"{ctx.image_id}-{ctx.inference_id}"
-    return ctx.report_id
+    return ctx.inference_id if ctx.inference_id is not None else ctx.report_id
 
 
 def ai_sr_uids(image_id: int, inference_id: int | str, uid_prefix: str = PYDICOM_ROOT_UID) -> tuple[str, str]:
@@ -289,11 +291,8 @@ def ai_structured_report(
         SourceNotDicom: ``source`` is ``None`` or lacks UIDs (the image was not received as DICOM).
     """
     source = require_dicom_source(ctx, source)
-    key = _document_key(ctx)
-    if ctx.inference_id is not None:
-        series_uid, sop_uid = ai_sr_uids(ctx.image_id, ctx.inference_id, uid_prefix)
-    else:
-        series_uid, sop_uid = ai_sr_uids(ctx.image_id, ctx.report_id, uid_prefix)
+    key = f"{ctx.image_id}-{_inference_key(ctx)}"
+    series_uid, sop_uid = ai_sr_uids(ctx.image_id, _inference_key(ctx), uid_prefix)
     groups: list = [_image_group(ctx, source, key, uid_prefix)]
     groups += [_finding_group(ctx, source, i, key, uid_prefix) for i in range(1, len(ctx.findings) + 1)]
     report = hd.sr.MeasurementReport(
