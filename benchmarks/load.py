@@ -47,7 +47,8 @@ sys.path.insert(0, str(REPO_ROOT))  # tests.servers: the private Mosquitto start
 
 from _report import write_report  # noqa: E402
 from covidet import __version__  # noqa: E402
-from load_clients import run_api_readers, run_dicom_senders, run_mqtt_sensors, run_port_scan  # noqa: E402
+from load_clients import run_api_readers, run_dicom_senders, run_mqtt_sensors  # noqa: E402
+from load_scan import run_port_scan  # noqa: E402
 from load_server import (  # noqa: E402
     Deployment,
     check_loss,
