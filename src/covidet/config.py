@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         50_000_000, ge=1, description="largest accepted image, pixels (rows x columns x frames)"
     )
+    max_decode_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1,
+        description="largest memory one image's decode may cost, bytes, estimated from its header "
+        "(covidet.imaging.decode_budget; a 4096 x 4096 16-bit DICOM needs about 369 MB)",
+    )
     mqtt_broker_host: str = Field("127.0.0.1", description="MQTT broker host of the vitals subscriber")
     mqtt_broker_port: int = Field(1883, ge=1, le=65535, description="MQTT broker port")
     mqtt_username: str | None = Field(None, description="MQTT user of the covidet vitals subscriber")

@@ -211,13 +211,13 @@ def _read_pillow(data: bytes, name: str, fmt: str, max_pixels: int) -> XRayImage
         raise ImageReadError(name, f"truncated or corrupt PNG/JPEG: {_short(exc)}") from exc
 
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        pixels = np.asarray(im).astype(np.float32) / 65535.0
+        pixels = np.divide(np.asarray(im), 65535.0, dtype=np.float32)
         bits, photometric = 16, "MONOCHROME2"
     else:
         photometric = "MONOCHROME2" if im.mode in ("1", "L", "LA") else "RGB"
-        pixels = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        pixels = np.divide(np.asarray(im := im.convert("L")), 255.0, dtype=np.float32)
         bits = 8
-    pixels = np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)
+    pixels = np.clip(pixels, 0.0, 1.0, out=pixels)  # in place: one float32 array (issue 19, item 17)
     return XRayImage(
         pixels=pixels,
         width=pixels.shape[1],
@@ -321,7 +321,7 @@ def _read_dicom(data: bytes, name: str, max_pixels: int) -> XRayImage:
     except Exception as exc:  # malformed LUT descriptors, window width < 1, ...
         raise ImageReadError(name, f"cannot apply DICOM LUT/windowing: {_short(exc)}") from exc
 
-    pixels = np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)
+    pixels = np.clip(pixels, 0.0, 1.0, out=pixels).astype(np.float32)  # float64, a fresh array
     return XRayImage(
         pixels=pixels,
         width=cols,

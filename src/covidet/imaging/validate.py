@@ -5,7 +5,9 @@ acknowledge (C-STORE success, HTTP 201); both refuse the same inputs for the sam
 
 1. **Header** (:func:`~covidet.imaging.reader.inspect_image`): single frame, pixel count under the
    limit (a decompression bomb is refused before any decoding), pixel data of the promised length,
-   a transfer syntax with an installed decoder.
+   a transfer syntax with an installed decoder; then the memory the decode will cost, estimated
+   from the header, within ``max_decode_bytes`` (:mod:`.decode_budget`: a 16-bit RGBA image under
+   the pixel limit can still cost hundreds of MB).
 2. **Chest radiograph** (:func:`check_chest_radiograph`, DICOM): Modality, BodyPartExamined,
    photometric interpretation and samples per pixel of a projection radiograph, and a minimum size.
    A refusal here raises :class:`NotChestRadiograph`.
@@ -39,6 +41,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID, RLELossless
 
+from covidet.imaging.decode_budget import check_decode_budget
 from covidet.imaging.display import grayscale_display
 from covidet.imaging.frames import decode_frame
 from covidet.imaging.reader import (
@@ -109,11 +112,13 @@ def validate_image(
     name: str = "<bytes>",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_decode_bytes: int | None = None,
 ) -> ValidatedImage:
     """Check ``source`` (DICOM Part 10, PNG or JPEG bytes) as described in the module docstring.
 
     ``dataset`` is the already parsed DICOM when the caller has it (the receiver), so the object is
-    not parsed again. The pixels are decoded exactly once.
+    not parsed again. The pixels are decoded exactly once. ``max_decode_bytes`` bounds the memory of
+    that decode (``None``: ``COVIDET_MAX_DECODE_BYTES`` or the default, see :mod:`.decode_budget`).
 
     Raises:
         NotChestRadiograph: readable, but not a chest radiograph covidet accepts.
@@ -121,10 +126,12 @@ def validate_image(
     """
     header = inspect_image(dataset if dataset is not None else source, name=name, max_pixels=max_pixels)
     if header.media_type != "application/dicom":
+        check_decode_budget(source, name=name, max_decode_bytes=max_decode_bytes)
         _check_side(name, header.width, header.height)
         read_image(source, name=name, max_pixels=max_pixels, max_bytes=max_bytes)  # Pillow decodes
         return ValidatedImage(header)
     ds = dataset if dataset is not None else _parse(source, name)
+    check_decode_budget(ds, name=name, max_decode_bytes=max_decode_bytes)
     check_chest_radiograph(ds, name=name)
     tsyntax = UID(header.transfer_syntax_uid or "")
     if tsyntax.is_encapsulated:
