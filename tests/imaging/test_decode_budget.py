@@ -8,6 +8,7 @@ header. Arithmetic of the default budget: docs/upload.md, "Decode memory budget"
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from PIL import Image as PILImage
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless, generate_uid
@@ -103,6 +105,10 @@ def test_the_estimate_and_the_default_budget_as_documented() -> None:
     bomb, what = decode_bytes(png_16bit_rgba(7000))
     assert bomb == 7000 * 7000 * (4 * 2 + 5) == 637_000_000 > DEFAULT_MAX_DECODE_BYTES
     assert what == "7000x7000 PNG, 4 x 16-bit samples"
+    for fmt in ("PNG", "JPEG"):  # 8-bit RGB: Pillow stores it in 4 bytes a pixel, counted as such
+        buffer = io.BytesIO()
+        PILImage.new("RGB", (200, 100)).save(buffer, format=fmt)
+        assert decode_bytes(buffer.getvalue())[0] == 200 * 100 * (4 + 5)
     frames, what = decode_bytes(_header(2000, 2000, frames=100))
     assert frames == 2000 * 2000 * (100 * 2 + 20) and "x 100 frames" in what
     assert Settings().max_decode_bytes == DEFAULT_MAX_DECODE_BYTES

@@ -13,7 +13,8 @@ The estimate (docs/upload.md, "Decode memory budget") is
 
 where the decoded array is what the decoder returns (DICOM: SamplesPerPixel x BitsAllocated/8;
 PNG: the channels and bit depth of its IHDR, 16-bit samples counted as 2 bytes, as the file
-promises them; JPEG: the bands of Pillow's mode, 1 byte each), and the working copies are what
+promises them; JPEG: the bands of Pillow's mode; never less than Pillow's own storage, 4 bytes a
+pixel for any multi-band image), and the working copies are what
 :func:`~covidet.imaging.reader.read_image` makes on top of it:
 
 * PNG / JPEG: an 8-bit grayscale copy (``convert("L")``) and the float32 result: 5 bytes a pixel.
@@ -88,9 +89,8 @@ def decode_bytes(source: bytes | Dataset) -> tuple[int, str]:
     if source[:8] == _PNG_MAGIC and source[12:16] == b"IHDR" and len(source) >= 26:
         width, height, depth, colour = struct.unpack(">IIBB", source[16:26])
         channels = _PNG_CHANNELS.get(colour, 4)
-        per_sample = max(depth // 8, 1)
-        pixels = width * height
-        total = pixels * (channels * per_sample + _PILLOW_WORKING)
+        per_pixel = max(channels * max(depth // 8, 1), _pillow_storage(channels))
+        total = width * height * (per_pixel + _PILLOW_WORKING)
         return total, f"{width}x{height} PNG, {channels} x {depth}-bit samples"
     try:
         with warnings.catch_warnings():
@@ -99,8 +99,14 @@ def decode_bytes(source: bytes | Dataset) -> tuple[int, str]:
             width, height, bands, fmt = im.width, im.height, len(im.getbands()), im.format
     except Exception as exc:  # inspect_image already parsed it; kept as a one-line refusal
         raise ImageReadError(f"header cannot be parsed: {exc}") from exc
-    total = width * height * (bands + _PILLOW_WORKING)
+    total = width * height * (_pillow_storage(bands) + _PILLOW_WORKING)
     return total, f"{width}x{height} {fmt}, {bands} x 8-bit samples"
+
+
+def _pillow_storage(bands: int) -> int:
+    """Bytes a pixel in Pillow's own image memory: 1 for one band, 4 for any multi-band 8-bit mode
+    (RGB and LA are stored in 4 bytes, like RGBA)."""
+    return 1 if bands == 1 else 4
 
 
 def _dicom_bytes(ds: Dataset) -> tuple[int, str]:
