@@ -131,6 +131,7 @@ def create_app(
             analysis_queue,
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
+            max_decode_bytes=settings.max_decode_bytes,
         )
 
     @asynccontextmanager

@@ -96,12 +96,15 @@ class ImageIngest:
         *,
         max_bytes: int,
         max_pixels: int,
+        max_decode_bytes: int | None = None,
     ) -> None:
         self.db = db
         self.store = store
         self.queue = analysis_queue
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        # None: validate_image's own default (COVIDET_MAX_DECODE_BYTES, else 512 MiB)
+        self.max_decode_bytes = max_decode_bytes
 
     def reject(self, channel: str, source: str | None, reason: str, payload: bytes | None) -> None:
         """Log a refusal and keep it in ``rejected_messages``; never raises."""
@@ -167,7 +170,12 @@ class ImageIngest:
         if dataset is not None and str(dataset.get("SOPClassUID") or "") not in ACCEPTED_SOP_CLASSES:
             raise IngestRejected(self._sop_class_reason(dataset.get("SOPClassUID")), kind="mismatch")
         header = validate_image(
-            data, dataset=dataset, name=name, max_pixels=self.max_pixels, max_bytes=self.max_bytes
+            data,
+            dataset=dataset,
+            name=name,
+            max_pixels=self.max_pixels,
+            max_bytes=self.max_bytes,
+            max_decode_bytes=self.max_decode_bytes,
         ).header
         if header.media_type == "application/dicom":
             if header.sop_class_uid not in ACCEPTED_SOP_CLASSES:

@@ -77,7 +77,12 @@ def build_runtime(
             settings.analysis_batch_size,
         )
     ingest = ImageIngest(
-        db, store, queue, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+        db,
+        store,
+        queue,
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_decode_bytes=settings.max_decode_bytes,
     )
     if requeue:
         requeue_pending(db, queue)
