@@ -47,12 +47,13 @@ test: system-packages-test setup
 bench: setup
 	$(BIN)/python benchmarks/detector.py --sizes 384 512 800 --out benchmarks/results/detector.json
 
-# Property-based fuzzing of the MQTT payload parser (tests/ingest/test_mqtt_fuzz.py): the same properties as
+# Property-based fuzzing of the MQTT payload parser (tests/ingest/test_mqtt_fuzz.py) and of the image acceptance
+# check (tests/imaging/test_validate_fuzz.py): the same properties as
 # in `make test`, with FUZZ_MAX_EXAMPLES inputs each instead of 300; failures are kept in out/hypothesis/.
 FUZZ_MAX_EXAMPLES ?= 20000
 fuzz: setup
 	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=0 \
-	  tests/ingest/test_mqtt_fuzz.py
+	  tests/ingest/test_mqtt_fuzz.py tests/imaging/test_validate_fuzz.py
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
