@@ -35,14 +35,20 @@ def test_results_do_not_depend_on_the_other_images_in_the_batch(data_root, rg1_d
 
 
 def test_boxes_are_in_original_pixels(data_root) -> None:
-    predictor = Predictor.from_bundle()
-    record = next(r for r in load_records(data_root, split="val") if len(r.boxes) == 2)
-    xray = read_image(record.path)
-    (prediction,) = predictor.predict([xray])
-    assert prediction.findings, "the shipped model finds no lung on a boxed val image"
-    # each annotated lung is matched by a finding in the same (original) pixel frame
     import torch
     from torchvision.ops import box_iou
 
-    ious = box_iou(torch.tensor(record.boxes), torch.tensor([f.box.as_list() for f in prediction.findings]))
-    assert float(ious.max(dim=1).values.min()) >= 0.5
+    predictor = Predictor.from_bundle()
+    records = [r for r in load_records(data_root, split="val") if len(r.boxes) == 2][:5]
+    predictions = predictor.predict([read_image(r.path) for r in records])
+    best = []
+    for record, prediction in zip(records, predictions, strict=True):
+        assert prediction.findings, f"the shipped model finds no lung on boxed val image {record.image}"
+        ious = box_iou(
+            torch.tensor(record.boxes), torch.tensor([f.box.as_list() for f in prediction.findings])
+        )
+        best += ious.max(dim=1).values.tolist()
+    # Every annotated lung is matched by a finding in the same (original) pixel frame: boxes left in the
+    # model's resized frame (384 px for images of ~900 px) would overlap them hardly at all. How well the
+    # lungs are matched is the model's quality: most well, none badly.
+    assert min(best) >= 0.3 and float(np.median(best)) >= 0.6, best
