@@ -332,6 +332,7 @@ def _read_dicom(data: bytes, name: str, max_pixels: int) -> XRayImage:
         patient_id=_text(ds, "PatientID"),
         study_instance_uid=_text(ds, "StudyInstanceUID"),
         series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
         modality=_text(ds, "Modality"),
         view_position=_text(ds, "ViewPosition"),
@@ -357,6 +358,7 @@ class ImageHeader:
     sop_class_uid: str | None = None
     sop_instance_uid: str | None = None
     study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
     patient_id: str | None = None
     patient_name: str | None = None
     accession_number: str | None = None
@@ -454,6 +456,7 @@ def _inspect_dicom(ds: Dataset, name: str, max_pixels: int) -> ImageHeader:
         sop_class_uid=_text(ds, "SOPClassUID"),
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
         study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
         patient_id=_text(ds, "PatientID"),
         patient_name=_text(ds, "PatientName"),
         accession_number=_text(ds, "AccessionNumber"),

@@ -246,6 +246,7 @@ class ImageIngest:
                 image = Image(
                     sop_instance_uid=sop_uid,
                     sop_class_uid=header.sop_class_uid,
+                    series_instance_uid=header.series_instance_uid,
                     content_sha256=stored.sha256,
                     path=stored.path,
                     size_bytes=stored.size_bytes,

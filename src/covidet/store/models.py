@@ -33,6 +33,8 @@ __all__ = [
     "Base",
     "Device",
     "DeviceKind",
+    "DicomObject",
+    "DicomObjectKind",
     "FindingRecord",
     "Image",
     "ImageStatus",
@@ -163,6 +165,9 @@ class Image(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    #: From the DICOM header; ``None`` for PNG/JPEG uploads and for images stored before revision 0004
+    #: (:func:`covidet.store.archive_queries.series_uid_of` gives every image one).
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     content_sha256: Mapped[str] = mapped_column(String(64), index=True)
     path: Mapped[str] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
@@ -307,6 +312,41 @@ class Alert(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class DicomObjectKind(StrEnum):
+    """DICOM objects covidet makes and keeps: the AI result as a TID 1500 SR, a signed review as an SR
+    that refers to it."""
+
+    AI_SR = "ai-sr"
+    REVIEW_SR = "review-sr"
+
+
+class DicomObject(Base):
+    """A DICOM object covidet made (an SR) and keeps in the image store, in the study of its source
+    image, so that DICOMweb and Query/Retrieve serve it beside the X-ray. ``path`` is relative to the
+    image store. One AI SR per inference and one review SR per signed review (unique constraints make
+    storing idempotent)."""
+
+    __tablename__ = "dicom_objects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    modality: Mapped[str] = mapped_column(String(16))
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    inference_id: Mapped[int | None] = mapped_column(ForeignKey("inferences.id"), unique=True)
+    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), unique=True)
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    study: Mapped[Study] = relationship()
+    image: Mapped[Image] = relationship()
 
 
 # ------------------------------------------------------------------------------ accounts and reviews
