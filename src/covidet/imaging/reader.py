@@ -332,7 +332,6 @@ def _read_dicom(data: bytes, name: str, max_pixels: int) -> XRayImage:
         patient_id=_text(ds, "PatientID"),
         study_instance_uid=_text(ds, "StudyInstanceUID"),
         series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
         modality=_text(ds, "Modality"),
         view_position=_text(ds, "ViewPosition"),
