@@ -274,9 +274,19 @@ class Analyzer:
             }
         )
         self.triage_image(image_id)
+        self._archive(image_id)
         if getattr(self.settings, "pacs_host", None):
             self._forward(image_id)
         return job.inference_id
+
+    def _archive(self, image_id: int) -> None:
+        """Keep the AI SR in the image's study (served over DICOMweb and Q/R); never fails the analysis."""
+        from covidet.archive import archive_ai_sr
+
+        try:
+            archive_ai_sr(self.db, self.store, image_id)
+        except Exception:
+            logger.exception("could not keep the AI SR of image %d", image_id)
 
     def _forward(self, image_id: int) -> None:
         """Send the DICOM report to the configured PACS; a PACS outage never fails the analysis."""

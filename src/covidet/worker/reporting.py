@@ -24,7 +24,14 @@ from covidet.ingest.storage import ImageStore
 from covidet.store.db import Database
 from covidet.store.models import Image, Inference, InferenceStatus, Study, TriageRecord, VitalSignRecord
 
-__all__ = ["ReportNotAvailable", "build_report", "forward_report", "resolve_image_id", "write_image_report"]
+__all__ = [
+    "ReportNotAvailable",
+    "build_report",
+    "forward_report",
+    "report_context",
+    "resolve_image_id",
+    "write_image_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +63,19 @@ def resolve_image_id(db: Database, image_or_study: str) -> int:
 def build_report(db: Database, store: ImageStore, image_id: int) -> tuple[ReportContext, np.ndarray, Any]:
     """The report context of an analysed image, its display pixels (H, W) float32 in [0, 1], and
     its source DICOM header (``None`` for PNG/JPEG uploads)."""
+    ctx, path, is_dicom = report_context(db, store, image_id)
+    xray = read_image(path, name=f"image {image_id}")
+    source = dcmread(path, stop_before_pixels=True) if is_dicom else None
+    return ctx, xray.pixels, source
+
+
+def report_context(db: Database, store: ImageStore, image_id: int) -> tuple[ReportContext, Path, bool]:
+    """The report context of an analysed image, the path of its stored file and whether that file
+    is DICOM; nothing is decoded.
+
+    Raises:
+        ReportNotAvailable: no such image, or no successful analysis yet.
+    """
     with db.session() as session:
         image = session.get(Image, image_id)
         if image is None:
@@ -127,9 +147,7 @@ def build_report(db: Database, store: ImageStore, image_id: int) -> tuple[Report
         )
         path = store.path(image.path)
         is_dicom = image.media_type == "application/dicom"
-    xray = read_image(path, name=f"image {image_id}")
-    source = dcmread(path, stop_before_pixels=True) if is_dicom else None
-    return ctx, xray.pixels, source
+    return ctx, path, is_dicom
 
 
 def write_image_report(db: Database, store: ImageStore, image_id: int, fmt: str, out: Path) -> Path:

@@ -86,4 +86,18 @@ def build_runtime(
     )
     if requeue:
         requeue_pending(db, queue)
+        _backfill_series_uids(db, store)
     return Runtime(settings, db, store, queue, ingest, events, analyzer)
+
+
+def _backfill_series_uids(db: Database, store: ImageStore) -> None:
+    """Images stored before revision 0004 get their series UID from their headers (once)."""
+    from covidet.archive import backfill_series_uids
+
+    try:
+        filled = backfill_series_uids(db, store)
+    except Exception:  # the archive view falls back to a derived UID; never block the start
+        logger.exception("could not back-fill series UIDs")
+        return
+    if filled:
+        logger.info("series UIDs of %d earlier images read from their headers", filled)
