@@ -131,3 +131,24 @@ def test_series_uids_of_earlier_images_are_filled_from_their_headers(env: Env) -
     assert backfill_series_uids(env.db, env.store) == 0
     with env.db.session() as session:
         assert session.get(Image, env.image_id).series_instance_uid == expected
+
+
+def test_signed_review_sr_is_kept_and_forwarded_to_the_pacs(env: Env, tmp_path: Path) -> None:  # noqa: F811
+    """A real PACS (a private Orthanc) receives the review SR when a PACS is configured."""
+    from covidet.archive import publish_review_sr
+    from covidet.config import Settings
+    from tests.servers import start_orthanc
+
+    review_id = _sign_review(env)
+    orthanc = start_orthanc()
+    try:
+        settings = Settings(
+            home=tmp_path / "home", pacs_host="127.0.0.1", pacs_port=orthanc.port, pacs_ae_title="ORTHANC"
+        )
+        kept = publish_review_sr(env.db, env.store, settings, review_id)
+        assert kept is not None and kept.kind == "review-sr"
+        assert orthanc.instance_count() == 1
+        assert publish_review_sr(env.db, env.store, Settings(home=tmp_path / "h2"), review_id) is not None
+        assert orthanc.instance_count() == 1  # no PACS configured: kept only
+    finally:
+        orthanc.stop()

@@ -4,7 +4,7 @@ and review SRs in the study of their X-ray. The queries are in :mod:`covidet.sto
 """
 
 from covidet.archive.instances import InstanceNotFound, instance_dataset, instance_part10, upload_as_dicom
-from covidet.archive.results import archive_ai_sr, archive_review_sr, backfill_series_uids
+from covidet.archive.results import archive_ai_sr, archive_review_sr, backfill_series_uids, publish_review_sr
 
 __all__ = [
     "InstanceNotFound",
@@ -13,5 +13,6 @@ __all__ = [
     "backfill_series_uids",
     "instance_dataset",
     "instance_part10",
+    "publish_review_sr",
     "upload_as_dicom",
 ]

@@ -17,6 +17,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from covidet.archive.instances import upload_as_dicom
+from covidet.config import Settings
 from covidet.ingest.storage import ImageStore
 from covidet.reports import (
     ReviewNotAvailable,
@@ -31,7 +32,7 @@ from covidet.store.db import Database
 from covidet.store.models import DicomObject, DicomObjectKind, Image, Review
 from covidet.worker.reporting import ReportNotAvailable, report_context
 
-__all__ = ["archive_ai_sr", "archive_review_sr", "backfill_series_uids"]
+__all__ = ["archive_ai_sr", "archive_review_sr", "backfill_series_uids", "publish_review_sr"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,39 @@ def archive_review_sr(db: Database, store: ImageStore, review_id: int) -> DicomO
         return None
     obj = _keep(db, store, document, kind=DicomObjectKind.REVIEW_SR, image_id=image_id, review_id=review_id)
     logger.info("review SR %s of review %d kept", obj.sop_instance_uid, review_id)
+    return obj
+
+
+def publish_review_sr(
+    db: Database, store: ImageStore, settings: Settings, review_id: int
+) -> DicomObject | None:
+    """What signing a review does with DICOM: keep its SR in the study (:func:`archive_review_sr`) and,
+    when a PACS is configured (``settings.pacs_host``), send it there by C-STORE, as the AI SR is sent
+    after the analysis. A PACS refusal or outage is logged, never raised: the signature stands."""
+    obj = archive_review_sr(db, store, review_id)
+    if obj is None or not settings.pacs_host:
+        return obj
+    from covidet.ingest.forward import forward_to_pacs
+
+    try:
+        status = forward_to_pacs(
+            dcmread(store.path(obj.path)),
+            host=settings.pacs_host,
+            port=settings.pacs_port,
+            called_ae=settings.pacs_ae_title,
+            calling_ae=settings.ae_title,
+        )
+    except Exception as exc:
+        logger.error("review SR of review %d not forwarded to the PACS: %s", review_id, exc)
+        return obj
+    logger.info(
+        "review SR of review %d forwarded to %s@%s:%d: status 0x%04X",
+        review_id,
+        settings.pacs_ae_title,
+        settings.pacs_host,
+        settings.pacs_port,
+        status,
+    )
     return obj
 
 
