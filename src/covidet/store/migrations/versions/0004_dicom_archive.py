@@ -41,7 +41,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["inference_id"], ["inferences.id"], name=op.f("fk_dicom_objects_inference_id_inferences")
         ),
-        sa.ForeignKeyConstraint(["review_id"], ["reviews.id"], name=op.f("fk_dicom_objects_review_id_reviews")),
+        sa.ForeignKeyConstraint(
+            ["review_id"], ["reviews.id"], name=op.f("fk_dicom_objects_review_id_reviews")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dicom_objects")),
         sa.UniqueConstraint("sop_instance_uid", name=op.f("uq_dicom_objects_sop_instance_uid")),
         sa.UniqueConstraint("inference_id", name=op.f("uq_dicom_objects_inference_id")),
