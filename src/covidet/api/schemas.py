@@ -182,7 +182,13 @@ class AiPublic(BaseModel):
 
     inference_id: int
     label: str | None = Field(description="image-level decision: covid19, pneumonia or normal")
-    top_score: float | None = Field(description="highest finding score; null without findings")
+    score: float | None = Field(
+        None,
+        description="AI score of the finding: the image-level score of `label` (0-1, from the box "
+        "scores by the decision rule), the number the triage reasons, the viewer and the reports show; "
+        "not a calibrated probability",
+    )
+    top_score: float | None = Field(description="highest single box score; null without findings")
     probabilities: dict[str, float]
     model_name: str
     model_version: str
@@ -217,6 +223,7 @@ def ai_public(summary: Any) -> AiPublic | None:
     return AiPublic(
         inference_id=summary.inference_id,
         label=summary.label,
+        score=summary.probabilities.get(summary.label) if summary.label else None,
         top_score=summary.top_score,
         probabilities=summary.probabilities,
         model_name=summary.model_name,

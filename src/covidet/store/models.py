@@ -48,6 +48,7 @@ __all__ = [
     "ReviewStatus",
     "Role",
     "Study",
+    "StudyClaim",
     "TriageRecord",
     "User",
     "VitalSignRecord",
@@ -471,6 +472,10 @@ class Review(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     signed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    #: Set when signed: the reviewer's first signed review of the same image, which this one amends
+    #: (an addendum); ``None`` for a first report. A radiologist signs one report per image, and any
+    #: later signature of the same image is an addendum that refers to it (revision 0005).
+    amends_review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), index=True)
 
     reviewer: Mapped[User] = relationship()
     image: Mapped[Image] = relationship()
@@ -498,3 +503,17 @@ class ReviewFinding(Base):
     y2: Mapped[float | None] = mapped_column(Float)
 
     review: Mapped[Review] = relationship(back_populates="findings")
+
+
+class StudyClaim(Base):
+    """A radiologist reading a study now ("being read by"): at most one claim per study. Released when
+    every image of the study has a signed review, or explicitly (by its holder or an admin)."""
+
+    __tablename__ = "study_claims"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    user: Mapped[User] = relationship()

@@ -27,6 +27,7 @@ from sqlalchemy import Select, case, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from covidet.domain import Label
+from covidet.store import review_rules
 from covidet.store.models import (
     Alert,
     ApiToken,
@@ -760,7 +761,9 @@ def update_review(
 
 
 def sign_review(session: Session, review_id: int, *, reviewer_id: int, now: datetime | None = None) -> Review:
-    """Sign a draft: from now on it never changes.
+    """Sign a draft: from now on it never changes. If the reviewer already signed a review of this
+    image, this one becomes an addendum that names it (``amends_review_id``); once every image of the
+    study is signed, the study's claim is released (:mod:`covidet.store.review_rules`).
 
     Raises:
         NotFound, Forbidden, Conflict: as :func:`update_review`. Invalid: the review has no label.
@@ -769,10 +772,15 @@ def sign_review(session: Session, review_id: int, *, reviewer_id: int, now: date
     if review.label is None:
         raise Invalid(f"review {review_id} has no label: set the image-level conclusion before signing")
     now = now or utcnow()
+    # A second signature of the same image by the same reviewer is an addendum to their report.
+    review.amends_review_id = review_rules.first_report_id(
+        session, review.image_id, reviewer_id, exclude=review.id
+    )
     review.status = ReviewStatus.SIGNED.value
     review.signed_at = now
     review.updated_at = now
     session.flush()
+    review_rules.release_claim_when_read(session, review.image_id)
     return review
 
 

@@ -4,9 +4,10 @@ A review starts as a ``draft`` of its reviewer (one draft per image and reviewer
 image-level conclusion (``label``), a comment and one action per box: ``confirm``, ``reject``,
 ``relabel`` or ``delete`` an AI finding (by ``source_finding_id``), or ``add`` a box the AI missed.
 ``POST /reviews/{id}/sign`` makes it final: a signed review never changes (409). Only the reviewer
-may change or sign a draft. Every action and every read is audited (``review.create``,
-``review.update``, ``review.sign``, ``read.review``, ``read.reviews``), the changes in the same
-transaction as their audit event.
+may change or sign a draft. A radiologist signs one report per image: a later review they sign of the
+same image is an **addendum** whose ``amends_review_id`` names the report (also in the audit event).
+Every action and every read is audited (``review.create``, ``review.update``, ``review.sign``,
+``read.review``, ``read.reviews``), the changes in the same transaction as their audit event.
 """
 
 from __future__ import annotations
@@ -127,6 +128,11 @@ class ReviewPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
     signed_at: datetime | None
+    amends_review_id: int | None = Field(
+        None,
+        description="set on an addendum: the reviewer's first signed review (report) of the same image, "
+        "which this one amends; null for a report and for drafts",
+    )
     findings: list[ReviewFindingPublic]
     disclaimer: str = DISCLAIMER
 
@@ -148,6 +154,7 @@ def review_public(review: Review) -> ReviewPublic:
         created_at=review.created_at,
         updated_at=review.updated_at,
         signed_at=review.signed_at,
+        amends_review_id=review.amends_review_id,
         findings=[
             ReviewFindingPublic(
                 id=f.id,
@@ -303,8 +310,16 @@ def sign_review(request: Request, review_id: IdPath, user: RadiologistUser, db: 
                 "image_id": review.image_id,
                 "label": review.label,
                 "actions": [f.action for f in review.findings],
+                "amends_review_id": review.amends_review_id,
+                "kind": "addendum" if review.amends_review_id else "report",
             },
         )
         answer = review_public(review)
-    logger.info("review %d of image %d signed by %s", review_id, answer.image_id, user.username)
+    logger.info(
+        "review %d of image %d signed by %s%s",
+        review_id,
+        answer.image_id,
+        user.username,
+        f" (addendum to review {answer.amends_review_id})" if answer.amends_review_id else "",
+    )
     return answer

@@ -3,6 +3,11 @@
 Order: priority urgent > high > routine > not triaged yet, then arrival (``received_at`` ascending:
 within a priority, who waited longest comes first). Each row carries the AI result (label, top score,
 model, disclaimer), the patient's latest vital signs with their NEWS2 flags, and the review state.
+
+``GET /api/v1/worklist/studies`` is the same worklist **by study** (one row per study, its images
+listed inside; sortable, filterable), the reading room's view; ``/worklist`` keeps its shape for the
+scripts that use it. ``POST``/``DELETE /worklist/studies/{id}/claim`` claim and release a study
+("being read by"); ``POST /worklist/next`` claims and returns the next study to read.
 """
 
 from __future__ import annotations
@@ -12,15 +17,18 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel
 
 from covidet import DISCLAIMER
-from covidet.api.auth import RadiologistUser, record_audit
+from covidet.api.auth import RadiologistUser, audit_in, record_audit
 from covidet.api.deps import DatabaseDep
+from covidet.api.reading_room import ClaimPublic, StudyPublic, StudyWorklistPublic, study_public
 from covidet.api.schemas import (
     AUTH_ERRORS,
+    UNSAFE_ERRORS,
     AiPublic,
+    IdPath,
     Limit,
     Offset,
     PageMeta,
@@ -29,13 +37,17 @@ from covidet.api.schemas import (
     SearchText,
     VitalValuePublic,
     ai_public,
+    error_responses,
     vitals_public,
 )
+from covidet.store import reading_room as rr
 from covidet.store import review_queries as rq
 
 __all__ = [
+    "NextCasePublic",
     "PriorityFilter",
     "StatusFilter",
+    "StudySort",
     "WorklistItemPublic",
     "WorklistPublic",
     "router",
@@ -58,6 +70,25 @@ class StatusFilter(StrEnum):
     QUEUED = "queued"
     ANALYSED = "analysed"
     FAILED = "failed"
+
+
+class StudySort(StrEnum):
+    PRIORITY = "priority"  # most urgent, then longest waiting
+    WAITING = "waiting"
+    PATIENT = "patient"
+    ACCESSION = "accession"
+
+
+class SortOrder(StrEnum):
+    ASC = "asc"
+    DESC = "desc"
+
+
+class NextCasePublic(BaseModel):
+    """The study claimed for you and the image to open first; both null when nothing is left."""
+
+    study: StudyPublic | None
+    image_id: int | None
 
 
 class WorklistItemPublic(BaseModel):
@@ -150,3 +181,112 @@ def get_worklist(
         },
     )
     return WorklistPublic(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/studies", response_model=StudyWorklistPublic, responses=AUTH_ERRORS)
+def get_study_worklist(
+    request: Request,
+    user: RadiologistUser,
+    db: DatabaseDep,
+    priority: Annotated[
+        list[PriorityFilter] | None, Query(max_length=4, description="the study's priority; repeatable")
+    ] = None,
+    status: Annotated[
+        list[StatusFilter] | None, Query(max_length=3, description="some image has it; repeatable")
+    ] = None,
+    reviewed: Annotated[
+        bool | None, Query(description="true: every image has a signed review; false: some has none")
+    ] = None,
+    patient: SearchText = None,
+    q: Annotated[SearchText, Query(description="substring of the accession number or description")] = None,
+    sort: StudySort = StudySort.PRIORITY,
+    order: SortOrder = SortOrder.ASC,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> StudyWorklistPublic:
+    """The worklist by study: one row per study with its images, the most urgent priority and its
+    deciding reason, accession, description, waiting time, claim (audited as ``read.worklist``)."""
+    with db.session() as session:
+        rows, total = rr.study_worklist(
+            session,
+            priorities=[p.value for p in priority] if priority else None,
+            statuses=[s.value for s in status] if status else None,
+            reviewed=reviewed,
+            patient=patient,
+            text=q,
+            sort=sort.value,
+            descending=order is SortOrder.DESC,
+            limit=limit,
+            offset=offset,
+        )
+    items = [study_public(row) for row in rows]
+    record_audit(
+        db,
+        request,
+        "read.worklist",
+        user=user,
+        details={
+            "by": "study",
+            "study_ids": [item.study_id for item in items],
+            "image_ids": [i.image_id for item in items for i in item.images],
+            "total": total,
+        },
+    )
+    return StudyWorklistPublic(items=items, total=total, limit=limit, offset=offset)
+
+
+_CLAIM_ERRORS = UNSAFE_ERRORS | error_responses(404, 409)
+
+
+@router.post("/studies/{study_id}/claim", response_model=ClaimPublic, responses=_CLAIM_ERRORS)
+def claim_study(request: Request, study_id: IdPath, user: RadiologistUser, db: DatabaseDep) -> ClaimPublic:
+    """Claim a study: others see it is being read by you. 409 while someone else holds it."""
+    with db.session(write=True) as session:
+        claim = rr.claim_study(session, study_id, user_id=user.id)
+        audit_in(session, request, "study.claim", user=user, object_type="study", object_id=study_id)
+    return ClaimPublic(user_id=claim.user_id, username=claim.username, claimed_at=claim.claimed_at)
+
+
+@router.delete(
+    "/studies/{study_id}/claim",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=UNSAFE_ERRORS | error_responses(404),
+)
+def release_study(request: Request, study_id: IdPath, user: RadiologistUser, db: DatabaseDep) -> Response:
+    """Release a study's claim: your own, or anyone's as an admin (403 otherwise). Signing the last
+    unread image of a study releases it by itself."""
+    with db.session(write=True) as session:
+        released = rr.release_claim(session, study_id, user_id=user.id, admin=user.is_admin)
+        if released is not None:
+            audit_in(
+                session,
+                request,
+                "study.release",
+                user=user,
+                object_type="study",
+                object_id=study_id,
+                details={"holder": released.username},
+            )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/next", response_model=NextCasePublic, responses=UNSAFE_ERRORS)
+def next_case(request: Request, user: RadiologistUser, db: DatabaseDep) -> NextCasePublic:
+    """Claim the next study to read (most urgent, then longest waiting, not read by someone else) and
+    name its first unread image; nulls when nothing is left."""
+    with db.session(write=True) as session:
+        row = rr.next_study(session, user_id=user.id)
+        if row is not None:
+            audit_in(
+                session,
+                request,
+                "study.claim",
+                user=user,
+                object_type="study",
+                object_id=row.study_id,
+                details={"via": "next"},
+            )
+    if row is None:
+        return NextCasePublic(study=None, image_id=None)
+    study = study_public(row)
+    return NextCasePublic(study=study, image_id=(study.unread_image_ids or [study.deciding_image_id])[0])

@@ -1,0 +1,177 @@
+"""The worklist by study, as the API and the web app show it: schemas, the presenter, and the one name
+and explanation of the AI score.
+
+**One score per finding.** An image's AI finding is its decided class (``covid19``, ``pneumonia`` or
+``normal``) with one number, the **AI score**: the image-level score of that class, which the decision
+rule derives from the detector's box scores (``covidet.detection.decision``). It is the number the
+worklist, the viewer, the triage reasons and the reports show. The score of a single box (its
+"box score") is shown only on that box. Neither is a calibrated probability: :func:`ai_score_help`
+says so wherever the score is shown.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from covidet import DISCLAIMER
+from covidet.api.schemas import (
+    AiPublic,
+    PageMeta,
+    PatientRef,
+    VitalValuePublic,
+    ai_public,
+    vitals_public,
+)
+from covidet.store import reading_room as rr
+
+__all__ = [
+    "AI_SCORE_NAME",
+    "BOX_SCORE_HELP",
+    "ClaimPublic",
+    "StudyImagePublic",
+    "StudyPublic",
+    "StudyReviewPublic",
+    "StudyWorklistPublic",
+    "ai_score_help",
+    "study_public",
+]
+
+#: The name of the image-level score everywhere it is shown.
+AI_SCORE_NAME = "AI score"
+#: What a box's own score is (shown only on the box).
+BOX_SCORE_HELP = (
+    "Box score: the detector's confidence in this one box (0-1). Not a calibrated probability; "
+    "the image's AI score is derived from the box scores by the decision rule."
+)
+
+
+def ai_score_help(label: str | None, rule: str | None = None) -> str:
+    """The tooltip of an AI score: what it measures, and that it is not a calibrated probability."""
+    what = f"the image-level score of {label}" if label else "the image-level score of the decided class"
+    how = f" by the decision rule {rule}" if rule else " by the model's decision rule"
+    return (
+        f"{AI_SCORE_NAME}: {what} (0-1), derived from the detector's box scores{how}. "
+        "It ranks images; it is not a calibrated probability of disease. Not for clinical use."
+    )
+
+
+class ClaimPublic(BaseModel):
+    """Who is reading the study ("being read by"), since when."""
+
+    user_id: int
+    username: str
+    claimed_at: datetime
+
+
+class StudyReviewPublic(BaseModel):
+    """Reviews of one image: ``state`` as in the image worklist; ``reports`` are the first signed
+    review of each radiologist; ``addenda`` counts later signatures, each naming its report."""
+
+    state: str
+    reports: list[dict[str, object]] = Field(
+        default_factory=list, description="[{review_id, reviewer, label, signed_at}], oldest first"
+    )
+    addenda: int = 0
+    drafts: list[str] = Field(default_factory=list, description="reviewers with a draft")
+
+
+class StudyImagePublic(BaseModel):
+    image_id: int
+    received_at: datetime
+    status: str
+    priority: str | None
+    modality: str | None
+    thumbnail_url: str = Field(description="a small PNG of the image (``pixels.png?max_size=96``)")
+    reasons: list[str]
+    ai: AiPublic | None
+    review: StudyReviewPublic
+    alert_ids: list[int] = Field(description="unacknowledged alerts of this image")
+
+
+class StudyPublic(BaseModel):
+    """One study to read: its images, the most urgent priority among them and the reason that decided
+    it (``deciding_image_id``), how long it has waited, the patient's latest vitals, the claim."""
+
+    study_id: int
+    study_instance_uid: str
+    accession_number: str | None
+    description: str | None
+    study_datetime: datetime | None
+    patient: PatientRef
+    priority: str | None
+    deciding_image_id: int
+    reason: str | None = Field(description="the deciding reason (first reason of the deciding image)")
+    ai: AiPublic | None = Field(description="the deciding image's AI result")
+    first_received_at: datetime
+    waiting_seconds: int = Field(description="since the first image arrived, while an image is unread")
+    urgent_alert: bool = Field(description="an urgent alert of this study waits for acknowledgement")
+    images: list[StudyImagePublic]
+    unread_image_ids: list[int]
+    vitals: dict[str, VitalValuePublic]
+    vitals_abnormal: bool
+    claim: ClaimPublic | None
+    disclaimer: str = DISCLAIMER
+
+
+class StudyWorklistPublic(PageMeta):
+    items: list[StudyPublic]
+
+
+def _review_public(reviews: rr.ImageReviews) -> StudyReviewPublic:
+    return StudyReviewPublic(
+        state=reviews.state,
+        reports=[
+            {"review_id": rid, "reviewer": who, "label": label, "signed_at": at}
+            for rid, who, label, at in reviews.reports
+        ],
+        addenda=reviews.addenda,
+        drafts=list(reviews.drafts),
+    )
+
+
+def study_public(row: rr.StudyRow, *, now: datetime | None = None) -> StudyPublic:
+    """The public form of a :class:`covidet.store.reading_room.StudyRow` (the web app reuses it)."""
+    now = now or datetime.now(UTC)
+    deciding = row.deciding
+    vitals = vitals_public(row.vitals)
+    unread = row.unread_images
+    return StudyPublic(
+        study_id=row.study_id,
+        study_instance_uid=row.study_instance_uid,
+        accession_number=row.accession_number,
+        description=row.description,
+        study_datetime=row.study_datetime,
+        patient=PatientRef(id=row.patient_id, patient_key=row.patient_key, name=row.patient_name),
+        priority=row.priority,
+        deciding_image_id=row.deciding_image_id,
+        reason=deciding.reasons[0] if deciding.reasons else None,
+        ai=ai_public(deciding.ai),
+        first_received_at=row.first_received_at,
+        waiting_seconds=max(0, int((now - row.first_received_at).total_seconds())) if unread else 0,
+        urgent_alert=bool(row.alert_ids),
+        images=[
+            StudyImagePublic(
+                image_id=i.image_id,
+                received_at=i.received_at,
+                status=i.status,
+                priority=i.priority,
+                modality=i.modality,
+                thumbnail_url=f"/api/v1/images/{i.image_id}/pixels.png?max_size=96",
+                reasons=i.reasons,
+                ai=ai_public(i.ai),
+                review=_review_public(i.reviews),
+                alert_ids=i.alert_ids,
+            )
+            for i in row.images
+        ],
+        unread_image_ids=unread,
+        vitals=vitals,
+        vitals_abnormal=any(v.abnormal for v in vitals.values()),
+        claim=ClaimPublic(
+            user_id=row.claim.user_id, username=row.claim.username, claimed_at=row.claim.claimed_at
+        )
+        if row.claim
+        else None,
+    )
