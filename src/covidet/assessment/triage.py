@@ -66,18 +66,17 @@ Research software: **not for clinical use**.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Self
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from covidet.assessment.news2 import news2_parameters
+from covidet.assessment.result import TriageResult, as_utc, is_alert, priority_changed, priority_rank
+from covidet.assessment.thresholds import DEFAULT_THRESHOLDS, TriageThresholds
 from covidet.domain import Assessment, Finding, Label, Priority, VitalSign
 
+# The public names of triage (the parts live in news2, thresholds and result; import from here).
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "TriageResult",
@@ -89,303 +88,15 @@ __all__ = [
     "triage",
 ]
 
-_NEWS2 = "RCP NEWS2 2017 chart 1"
-
-
-# ------------------------------------------------------------------------------------------ NEWS2
-
-
-@dataclass(frozen=True, slots=True)
-class _Parameter:
-    """One NEWS2 parameter: the VitalSign attribute, how to print it, and its bands.
-
-    ``low`` is ``(max, score)`` ascending (value ≤ max scores score, first match); ``high`` is
-    ``(min, score)`` ascending (value ≥ min, last match); between them the score is 0.
-    """
-
-    key: str
-    name: str
-    unit: str  # after the value: "91%", "26/min"
-    band_unit: str  # after a band edge: "≤ 91%", "≥ 25" (rates print bare, as charted)
-    decimals: int
-    low: tuple[tuple[float, int], ...]
-    high: tuple[tuple[float, int], ...]
-
-    @property
-    def resolution(self) -> float:
-        return 10.0**-self.decimals
-
-    def round(self, value: float) -> float:
-        """Half-up rounding to the chart resolution (``round`` would round 91.5 to 92 but 92.5 to 92)."""
-        quantum = Decimal(1).scaleb(-self.decimals)
-        return float(Decimal(repr(float(value))).quantize(quantum, rounding=ROUND_HALF_UP))
-
-    def fmt(self, x: float) -> str:
-        return f"{x:.{self.decimals}f}"
-
-    def score(self, value: float) -> tuple[int, str]:
-        """NEWS2 score of a value (rounded first) and the band it fell in, as text ("92–93%")."""
-        v = self.round(value)
-        res = self.resolution
-        below: float | None = None  # upper edge of the band below, exclusive
-        for edge, score in self.low:
-            if v <= edge:
-                return score, self._band(None if below is None else below + res, edge)
-            below = edge
-        for i in range(len(self.high) - 1, -1, -1):
-            edge, score = self.high[i]
-            if v >= edge:
-                top = self.high[i + 1][0] - res if i + 1 < len(self.high) else None
-                return score, self._band(edge, top)
-        return 0, self._band(
-            None if below is None else below + res, self.high[0][0] - res if self.high else None
-        )
-
-    def _band(self, lo: float | None, hi: float | None) -> str:
-        """Inclusive band ``[lo, hi]`` in chart values: "≤ 91%", "92–93%", "≥ 96%"."""
-        if lo is None and hi is not None:
-            return f"≤ {self.fmt(hi)}{self.band_unit}"
-        if hi is None and lo is not None:
-            return f"≥ {self.fmt(lo)}{self.band_unit}"
-        if lo is None or hi is None:
-            return "any value"
-        return f"{self.fmt(lo)}–{self.fmt(hi)}{self.band_unit}"
-
-    def value_text(self, value: float) -> str:
-        return f"{self.name} {self.fmt(self.round(value))}{self.unit}"
-
-
-def _parameters(t: TriageThresholds) -> tuple[_Parameter, ...]:
-    """The five NEWS2 parameters the sensors measure, in reporting order (respiratory first)."""
-    return (
-        _Parameter(
-            "spo2_percent",
-            "SpO2",
-            "%",
-            "%",
-            0,
-            ((t.spo2_score3_max, 3), (t.spo2_score2_max, 2), (t.spo2_score1_max, 1)),
-            (),
-        ),
-        _Parameter(
-            "respiratory_rate_per_min",
-            "respiratory rate",
-            "/min",
-            "",
-            0,
-            ((t.resp_rate_score3_max, 3), (t.resp_rate_score1_max, 1)),
-            ((t.resp_rate_score2_min, 2), (t.resp_rate_score3_min, 3)),
-        ),
-        _Parameter(
-            "temperature_c",
-            "temperature",
-            " °C",
-            " °C",
-            1,
-            ((t.temperature_score3_max, 3), (t.temperature_score1_max, 1)),
-            ((t.temperature_score1_min, 1), (t.temperature_score2_min, 2)),
-        ),
-        _Parameter(
-            "heart_rate_per_min",
-            "heart rate",
-            "/min",
-            "",
-            0,
-            ((t.heart_rate_score3_max, 3), (t.heart_rate_score1_max, 1)),
-            ((t.heart_rate_score1_min, 1), (t.heart_rate_score2_min, 2), (t.heart_rate_score3_min, 3)),
-        ),
-        _Parameter(
-            "systolic_bp_mmhg",
-            "systolic BP",
-            " mmHg",
-            " mmHg",
-            0,
-            ((t.systolic_bp_score3_max, 3), (t.systolic_bp_score2_max, 2), (t.systolic_bp_score1_max, 1)),
-            ((t.systolic_bp_score3_min, 3),),
-        ),
-    )
-
-
-class TriageThresholds(BaseModel):
-    """Every number triage uses, with its unit and source. Field names are flat snake_case so they can
-    become ``COVIDET_TRIAGE_*`` settings; NEWS2 band edges are inclusive, in the chart's resolution."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    # --- time ---------------------------------------------------------------------------------------
-    window_minutes: float = Field(30.0, gt=0, description="look-back window of vital signs, minutes")
-    clock_skew_seconds: float = Field(
-        60.0, ge=0, description="readings up to this many seconds after `now` still count (device clocks)"
-    )
-    # --- NEWS2 SpO2 scale 1 (%) ----------------------------------------------------------------------
-    spo2_score3_max: float = Field(91, description=f"SpO2 % at or below which NEWS2 scores 3 ({_NEWS2})")
-    spo2_score2_max: float = Field(93, description=f"SpO2 % at or below which NEWS2 scores 2 ({_NEWS2})")
-    spo2_score1_max: float = Field(95, description=f"SpO2 % at or below which NEWS2 scores 1 ({_NEWS2})")
-    # --- NEWS2 respiratory rate (breaths/min) -------------------------------------------------------
-    resp_rate_score3_max: float = Field(
-        8, description=f"breaths/min at or below which NEWS2 scores 3 ({_NEWS2})"
-    )
-    resp_rate_score1_max: float = Field(
-        11, description=f"breaths/min at or below which NEWS2 scores 1 ({_NEWS2})"
-    )
-    resp_rate_score2_min: float = Field(
-        21, description=f"breaths/min at or above which NEWS2 scores 2 ({_NEWS2})"
-    )
-    resp_rate_score3_min: float = Field(
-        25, description=f"breaths/min at or above which NEWS2 scores 3 ({_NEWS2})"
-    )
-    # --- NEWS2 temperature (°C) ---------------------------------------------------------------------
-    temperature_score3_max: float = Field(35.0, description=f"°C at or below which NEWS2 scores 3 ({_NEWS2})")
-    temperature_score1_max: float = Field(36.0, description=f"°C at or below which NEWS2 scores 1 ({_NEWS2})")
-    temperature_score1_min: float = Field(38.1, description=f"°C at or above which NEWS2 scores 1 ({_NEWS2})")
-    temperature_score2_min: float = Field(39.1, description=f"°C at or above which NEWS2 scores 2 ({_NEWS2})")
-    # --- NEWS2 heart rate (beats/min) ---------------------------------------------------------------
-    heart_rate_score3_max: float = Field(
-        40, description=f"beats/min at or below which NEWS2 scores 3 ({_NEWS2})"
-    )
-    heart_rate_score1_max: float = Field(
-        50, description=f"beats/min at or below which NEWS2 scores 1 ({_NEWS2})"
-    )
-    heart_rate_score1_min: float = Field(
-        91, description=f"beats/min at or above which NEWS2 scores 1 ({_NEWS2})"
-    )
-    heart_rate_score2_min: float = Field(
-        111, description=f"beats/min at or above which NEWS2 scores 2 ({_NEWS2})"
-    )
-    heart_rate_score3_min: float = Field(
-        131, description=f"beats/min at or above which NEWS2 scores 3 ({_NEWS2})"
-    )
-    # --- NEWS2 systolic blood pressure (mmHg) -------------------------------------------------------
-    systolic_bp_score3_max: float = Field(90, description=f"mmHg at or below which NEWS2 scores 3 ({_NEWS2})")
-    systolic_bp_score2_max: float = Field(
-        100, description=f"mmHg at or below which NEWS2 scores 2 ({_NEWS2})"
-    )
-    systolic_bp_score1_max: float = Field(
-        110, description=f"mmHg at or below which NEWS2 scores 1 ({_NEWS2})"
-    )
-    systolic_bp_score3_min: float = Field(
-        220, description=f"mmHg at or above which NEWS2 scores 3 ({_NEWS2})"
-    )
-    # --- NEWS2 clinical response --------------------------------------------------------------------
-    news2_emergency_min: int = Field(
-        7, ge=1, description="partial NEWS2 at or above which the response is emergency (RCP NEWS2 2017)"
-    )
-    news2_urgent_min: int = Field(
-        5, ge=1, description="partial NEWS2 at or above which the response is urgent (RCP NEWS2 2017)"
-    )
-    # --- image ----------------------------------------------------------------------------------------
-    positive_threshold: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="disease probability P(covid19)+P(pneumonia) at or above which the image is positive "
-        "(same value as the detector's default decision threshold, covidet.detection.decision)",
-    )
-    strong_threshold: float = Field(
-        0.9,
-        ge=0,
-        le=1,
-        description="disease probability at or above which the image is strongly positive (rule H3); "
-        "project choice, to be revisited with the calibrated model",
-    )
-
-    @model_validator(mode="after")
-    def _check_order(self) -> Self:
-        if self.strong_threshold < self.positive_threshold:
-            raise ValueError("strong_threshold must be >= positive_threshold")
-        if self.news2_emergency_min < self.news2_urgent_min:
-            raise ValueError("news2_emergency_min must be >= news2_urgent_min")
-        for spec in _parameters(self):
-            lows = [edge for edge, _ in spec.low]
-            highs = [edge for edge, _ in spec.high]
-            if lows != sorted(set(lows)) or highs != sorted(set(highs)):
-                raise ValueError(f"{spec.name} band edges must be strictly increasing")
-            if lows and highs and lows[-1] >= highs[0]:
-                raise ValueError(f"{spec.name}: low bands overlap high bands")
-        return self
-
-
-#: The thresholds of the tables above.
-DEFAULT_THRESHOLDS = TriageThresholds()
-
 
 def news2_score(parameter: str, value: float, thresholds: TriageThresholds = DEFAULT_THRESHOLDS) -> int:
     """NEWS2 score (0..3) of one value; ``parameter`` is a :class:`VitalSign` attribute name
     (``spo2_percent``, ``respiratory_rate_per_min``, ``temperature_c``, ``heart_rate_per_min``,
     ``systolic_bp_mmhg``) and ``value`` is in that attribute's unit."""
-    for spec in _parameters(thresholds):
+    for spec in news2_parameters(thresholds):
         if spec.key == parameter:
             return spec.score(value)[0]
     raise ValueError(f"not a NEWS2 parameter: {parameter!r}")
-
-
-# ------------------------------------------------------------------------------------------ result
-
-_RANK = {Priority.ROUTINE: 0, Priority.HIGH: 1, Priority.URGENT: 2}
-
-
-def priority_rank(priority: Priority | str) -> int:
-    """0 routine, 1 high, 2 urgent: sort key of a worklist (descending)."""
-    return _RANK[Priority(priority)]
-
-
-@dataclass(frozen=True)
-class TriageResult:
-    """Outcome of :func:`triage`.
-
-    ``reasons`` are human-readable, most important first, and contain no relative times, so the same
-    inputs give the same text on a later re-triage. ``news2_scores`` maps each measured parameter (a
-    :class:`VitalSign` attribute name) to its NEWS2 score; ``disease_probability`` is
-    ``P(covid19) + P(pneumonia)`` (``None`` without an assessment).
-    """
-
-    priority: Priority
-    reasons: list[str]
-    news2_partial: int | None
-    vitals_used: list[VitalSign]
-    rule: str
-    news2_scores: dict[str, int] = field(default_factory=dict)
-    disease_probability: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible dict; keys are the field names, times ISO 8601 UTC."""
-        return {
-            "priority": str(self.priority),
-            "reasons": list(self.reasons),
-            "news2_partial": self.news2_partial,
-            "vitals_used": [_vital_to_dict(v) for v in self.vitals_used],
-            "rule": self.rule,
-            "news2_scores": dict(self.news2_scores),
-            "disease_probability": self.disease_probability,
-        }
-
-    def to_json(self) -> str:
-        """:meth:`to_dict` as a JSON string (UTF-8 text, ``≤`` kept as is)."""
-        return json.dumps(self.to_dict(), ensure_ascii=False)
-
-
-def _vital_to_dict(v: VitalSign) -> dict[str, Any]:
-    return {
-        "patient_id": v.patient_id,
-        "measured_at": _utc(v.measured_at).isoformat(),
-        "spo2_percent": v.spo2_percent,
-        "temperature_c": v.temperature_c,
-        "heart_rate_per_min": v.heart_rate_per_min,
-        "respiratory_rate_per_min": v.respiratory_rate_per_min,
-        "systolic_bp_mmhg": v.systolic_bp_mmhg,
-        "extra": dict(v.extra),
-    }
-
-
-def is_alert(result: TriageResult) -> bool:
-    """An urgent result raises an alert."""
-    return result.priority is Priority.URGENT
-
-
-def priority_changed(old: TriageResult | None, new: TriageResult) -> bool:
-    """Whether the priority differs from the previous result; a first result (``old is None``) is a
-    change, so a first triage that is urgent raises its alert."""
-    return old is None or old.priority != new.priority
 
 
 # ------------------------------------------------------------------------------------------ triage
@@ -395,11 +106,6 @@ _DISEASES = (Label.COVID19, Label.PNEUMONIA)
 _STRADDLE_FRACTION = 0.25
 #: Below this, the second disease's probability is the decision rule's floor, not evidence: not printed.
 _MENTION_MIN = 0.01
-
-
-def _utc(t: datetime) -> datetime:
-    """Aware UTC datetime; naive ones are UTC by the project's convention."""
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def _minutes(window: float) -> str:
@@ -443,7 +149,7 @@ def triage(
     if image_width is not None and image_width <= 0:
         raise ValueError(f"image_width must be positive, got {image_width}")
     t = thresholds
-    now = _utc(now)
+    now = as_utc(now)
     window_text = f"in the last {_minutes(t.window_minutes)}"
 
     # --- vitals: window, latest per parameter ---------------------------------------------------------
@@ -452,13 +158,13 @@ def triage(
     in_window: list[tuple[datetime, VitalSign]] = []
     future = 0
     for v in vitals:
-        at = _utc(v.measured_at)
+        at = as_utc(v.measured_at)
         if at > end:
             future += 1
         elif at >= start:
             in_window.append((at, v))
 
-    specs = _parameters(t)
+    specs = news2_parameters(t)
     latest: dict[str, _Reading] = {}
     worst: dict[str, _Reading] = {}
     for at, v in in_window:
