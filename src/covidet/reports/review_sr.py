@@ -49,6 +49,7 @@ __all__ = [
     "ReviewNotAvailable",
     "ReviewedBox",
     "load_signed_review",
+    "review_sr_uids",
     "review_structured_report",
 ]
 
@@ -83,6 +84,8 @@ class ReviewFacts:
     comment: str | None
     signed_at: datetime
     boxes: list[ReviewedBox]
+    #: The reviewer's earlier signed review of the image that this one amends (an addendum), or ``None``.
+    amends_review_id: int | None = None
 
 
 def _facts(review: Review, ai_label: str | None) -> ReviewFacts:
@@ -108,6 +111,7 @@ def _facts(review: Review, ai_label: str | None) -> ReviewFacts:
         comment=review.comment,
         signed_at=review.signed_at,
         boxes=boxes,
+        amends_review_id=review.amends_review_id,
     )
 
 
@@ -137,6 +141,27 @@ def load_signed_review(db: Database, *, image_id: int, review_id: int | None = N
 def _ai_reference(ctx: ReportContext, facts: ReviewFacts, uid_prefix: str) -> Dataset:
     """What the review SR needs of the AI SR: its four UIDs (recomputed, never stored)."""
     series_uid, sop_uid = ai_sr_uids(facts.image_id, facts.inference_id, uid_prefix)
+    reference = Dataset()
+    reference.SOPClassUID = COMPREHENSIVE_3D_SR_SOP_CLASS
+    reference.SOPInstanceUID = sop_uid
+    reference.StudyInstanceUID = ctx.study_instance_uid
+    reference.SeriesInstanceUID = series_uid
+    return reference
+
+
+def review_sr_uids(review_id: int, uid_prefix: str = PYDICOM_ROOT_UID) -> tuple[str, str]:
+    """(Series, SOP Instance) UIDs of the SR of review ``review_id``: derived, so the same signed review
+    always gives the same SR and an addendum can name the SR of the review it amends."""
+    key = f"review-{review_id}"
+    return (
+        generate_uid(prefix=uid_prefix, entropy_srcs=["covidet", "review-sr-series", key]),
+        generate_uid(prefix=uid_prefix, entropy_srcs=["covidet", "review-sr-instance", key]),
+    )
+
+
+def _amended_reference(ctx: ReportContext, review_id: int, uid_prefix: str) -> Dataset:
+    """The SR of the review an addendum amends, as a predecessor document (UIDs recomputed)."""
+    series_uid, sop_uid = review_sr_uids(review_id, uid_prefix)
     reference = Dataset()
     reference.SOPClassUID = COMPREHENSIVE_3D_SR_SOP_CLASS
     reference.SOPInstanceUID = sop_uid
@@ -200,17 +225,23 @@ def review_structured_report(
         f"Radiologist review {facts.review_id} of AI result {facts.inference_id} of image "
         f"{facts.image_id}, signed {signed:%Y-%m-%d %H:%M} UTC."
     ]
+    if facts.amends_review_id is not None:
+        texts.append(f"Addendum to review {facts.amends_review_id}, whose SR it amends.")
     if facts.comment:
         texts.append(facts.comment)
     texts.append(f"Recorded with research software: {DISCLAIMER.upper()}.")
     report[0].ContentSequence.append(statement_container(texts))
 
     ai_sr = _ai_reference(ctx, facts, uid_prefix)
+    predecessors = [ai_sr]
+    if facts.amends_review_id is not None:
+        predecessors.append(_amended_reference(ctx, facts.amends_review_id, uid_prefix))
+    series_uid, sop_uid = review_sr_uids(facts.review_id, uid_prefix)
     document = sr_document(
         report,
         evidence=[source, ai_sr],
-        series_uid=generate_uid(prefix=uid_prefix, entropy_srcs=["covidet", "review-sr-series", key]),
-        sop_uid=generate_uid(prefix=uid_prefix, entropy_srcs=["covidet", "review-sr-instance", key]),
+        series_uid=series_uid,
+        sop_uid=sop_uid,
         series_number=REVIEW_SR_SERIES_NUMBER,
         series_description="Radiologist review of AI result NOT FOR CLINICAL USE",
         issued_at=facts.signed_at,
@@ -221,7 +252,7 @@ def review_structured_report(
         is_verified=True,
         verifying_observer_name=person_name,
         verifying_organization=str(source.get("InstitutionName") or "covidet"),
-        previous_versions=[ai_sr],
+        previous_versions=predecessors,
     )
     # The signature time, not the build time, is when the review was verified.
     document.VerifyingObserverSequence[0].VerificationDateTime = signed.strftime("%Y%m%d%H%M%S")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from covidet import DISCLAIMER
 from covidet.api.auth import RadiologistUser, audit_in, record_audit
-from covidet.api.deps import DatabaseDep
+from covidet.api.deps import DatabaseDep, SettingsDep, StoreDep
 from covidet.api.schemas import (
     AUTH_ERRORS,
     JSON_NUMBER,
@@ -295,8 +295,18 @@ def update_review(
 
 
 @router.post("/{review_id}/sign", response_model=ReviewPublic, responses=_CHANGE_ERRORS)
-def sign_review(request: Request, review_id: IdPath, user: RadiologistUser, db: DatabaseDep) -> ReviewPublic:
-    """Sign one's own draft: it becomes final and immutable. 422 without an image-level label."""
+def sign_review(
+    request: Request,
+    review_id: IdPath,
+    user: RadiologistUser,
+    db: DatabaseDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> ReviewPublic:
+    """Sign one's own draft: it becomes final and immutable. 422 without an image-level label.
+
+    Once signed, the review's DICOM SR (referring to the AI SR, and to the amended review's SR for an
+    addendum) is kept in the study and sent to the configured PACS; that never fails the signature."""
     with db.session(write=True) as session:
         review = rq.sign_review(session, review_id, reviewer_id=user.id)
         audit_in(
@@ -322,4 +332,14 @@ def sign_review(request: Request, review_id: IdPath, user: RadiologistUser, db: 
         user.username,
         f" (addendum to review {answer.amends_review_id})" if answer.amends_review_id else "",
     )
+    _publish_sr(db, store, settings, review_id)
     return answer
+
+
+def _publish_sr(db: DatabaseDep, store: StoreDep, settings: SettingsDep, review_id: int) -> None:
+    from covidet.archive import publish_review_sr
+
+    try:
+        publish_review_sr(db, store, settings, review_id)
+    except Exception:  # the signature is committed; the SR can be made again (covidet report)
+        logger.exception("could not keep the SR of signed review %d", review_id)
