@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from covidet import DISCLAIMER, __version__
 from covidet.api.deps import API_PREFIX
+from covidet.api.dicomweb import router as dicomweb_router
 from covidet.api.docs_ui import mount_docs
 from covidet.api.hsts import StrictTransportSecurity
 from covidet.api.limits import UPLOAD_MARGIN_BYTES, BodyGuard
@@ -212,6 +213,7 @@ def create_app(
         audit,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(dicomweb_router)  # /dicom-web: WADO-RS, QIDO-RS, STOW-RS (docs/dicomweb.md)
     mount_web(app)  # web pages, /static and GET /api/v1/events (covidet.web)
     mount_docs(app)  # /docs: Swagger UI from this server, with a Content-Security-Policy
     return app

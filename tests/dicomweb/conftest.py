@@ -1,0 +1,113 @@
+"""Fixtures of the DICOMweb tests: covidet's app served by a real uvicorn on a loopback port, holding
+pydicom-data's chest radiograph (accepted through the real ingest, with an AI result written as the
+worker writes it and its AI SR kept as the analysis keeps it) and credentials of each kind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from dicomweb_client import DICOMwebClient
+
+from covidet.archive import archive_ai_sr
+from covidet.store import queries
+from covidet.store.models import FindingRecord, Image, Inference
+from tests.api.conftest import ApiEnv, make_env, serve
+
+FINDINGS = (("covid19", 0.91, (300.0, 400.0, 900.0, 1200.5)),)
+
+
+@dataclass
+class Archive:
+    """A served covidet: ``url`` is the server root, ``dicomweb`` the DICOMweb service root."""
+
+    env: ApiEnv
+    url: str
+    headers: dict[str, str]  # a radiologist's bearer token
+    admin_headers: dict[str, str]
+    modality_key: str
+    sensor_key: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sr_uid: str
+    sr_series_uid: str
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    @property
+    def xray_path(self) -> str:
+        """The X-ray's path under the service root."""
+        return f"/studies/{self.study_uid}/series/{self.series_uid}/instances/{self.sop_uid}"
+
+    @property
+    def sr_path(self) -> str:
+        return f"/studies/{self.study_uid}/series/{self.sr_series_uid}/instances/{self.sr_uid}"
+
+    def client(self, headers: dict[str, str] | None = None) -> DICOMwebClient:
+        return DICOMwebClient(url=self.dicomweb, headers=headers if headers is not None else self.headers)
+
+
+def analyse(env: ApiEnv, image_id: int) -> None:
+    """Record an AI result for ``image_id`` as the worker does, then keep its SR as the analysis does."""
+    now = datetime.now(UTC)
+    with env.db.session(write=True) as session:
+        inference = Inference(
+            image_id=image_id,
+            model_name="covidet-frcnn-r101",
+            model_version="test-1",
+            decision_rule="max-score-v1",
+            threshold=0.5,
+            status="succeeded",
+            attempts=1,
+            label="covid19",
+            probabilities={"covid19": 0.81, "pneumonia": 0.14, "normal": 0.05},
+            started_at=now,
+            finished_at=now,
+        )
+        inference.findings = [
+            FindingRecord(label=lab, score=score, x1=b[0], y1=b[1], x2=b[2], y2=b[3])
+            for lab, score, b in FINDINGS
+        ]
+        session.add(inference)
+        session.get(Image, image_id).status = "analysed"
+    assert archive_ai_sr(env.db, env.store, image_id) is not None
+
+
+@pytest.fixture
+def archive(tmp_path: Path, rg1_dicom: Path) -> Iterator[Archive]:
+    env = make_env(tmp_path, f"sqlite:///{tmp_path / 'covidet.db'}")
+    accepted = env.ingest.accept(rg1_dicom.read_bytes(), channel="dicom", device_id=None, source="test")
+    analyse(env, accepted.image_id)
+    with env.db.session(write=True) as session:
+        modality = queries.create_device(session, "xr-room-1", "modality").api_key
+        sensor = queries.create_device(session, "bed-7-spo2", "sensor").api_key
+    from covidet.store import archive_queries as aq
+
+    with env.db.session() as session:
+        xray, sr = aq.instances(session, study_ids=[accepted.study_id])
+    assert modality is not None and sensor is not None
+    with serve(env.app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        headers = env.token(http, "rad")
+        admin = env.token(http, "admin")
+        yield Archive(
+            env,
+            url,
+            headers,
+            admin,
+            modality,
+            sensor,
+            xray.study_instance_uid,
+            xray.series_instance_uid,
+            xray.sop_instance_uid,
+            sr.sop_instance_uid,
+            sr.series_instance_uid,
+        )
+    env.ingest.queue.close()  # type: ignore[attr-defined]
+    env.db.dispose()
