@@ -62,6 +62,31 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db; default: SQLite file "
         "<home>/covidet.db",
     )
+    db_pool_size: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="database connections one process may hold at once; default: what it serves at once "
+        "(dicom_max_associations + 40 API threads + analysis_workers + 4 for the MQTT writer, re-triage, "
+        "audit writer and a spare; covidet.store.db.pool_size_for). With PostgreSQL keep the sum over "
+        "covidet's processes under the server's max_connections",
+    )
+    db_pool_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="seconds a request waits for a free database connection before it is refused as "
+        "busy (HTTP 503 with Retry-After, DICOM 0xA700); below dicom_network_timeout so the modality "
+        "gets an answer",
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=600,
+        description="on SIGTERM/SIGINT, how long `covidet serve` lets work in progress finish (HTTP "
+        "requests, C-STOREs, the MQTT batch, analysis) before it exits anyway (exit code 0); what was "
+        "not acknowledged is re-sent by its sender, queued images stay queued (docs/load.md)",
+    )
     # --- ingest ------------------------------------------------------------------------------------
     ae_title: str = Field("COVIDET", max_length=16, description="called AE title of the DICOM receiver")
     # DICOM receiver hardening (docs/dicom.md, docs/security-dicom.md)

@@ -1,16 +1,28 @@
 """Run covidet's services together in one process (``covidet serve`` and ``covidet demo``).
 
 The web app and API run on uvicorn in the main thread; the DICOM receiver (pynetdicom threads), the
-MQTT vitals subscriber (paho thread plus writer thread) and the in-process analysis threads run
-beside it and share one :class:`~covidet.worker.runtime.Runtime`. SIGINT/SIGTERM stop uvicorn, and
-then the others in reverse order of start.
+MQTT vitals subscriber (paho thread plus writer thread), the re-triage thread and the in-process
+analysis threads run beside it and share one :class:`~covidet.worker.runtime.Runtime`.
+
+Shutdown (SIGINT/SIGTERM) is bounded by ``settings.shutdown_grace_seconds`` (default 30 s) from the
+signal: every way in stops accepting at once (uvicorn closes its socket, the DICOM receiver its port,
+the MQTT subscriber stops taking messages); work in progress may finish within the grace (HTTP
+requests, C-STOREs, the MQTT batch being stored, the analysis batch); then the process exits with
+status 0 whatever is left. Nothing acknowledged is lost: an unfinished C-STORE or upload was never
+answered, so its sender still has it; an unacknowledged MQTT reading is redelivered by the broker;
+an image whose analysis did not finish stays ``queued`` in the database and is queued again at the
+next start; waiting re-triages are dropped (the patient's next reading re-triages).
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,24 +31,63 @@ __all__ = ["Services", "run_services", "start_services"]
 
 logger = logging.getLogger(__name__)
 
+#: Least time each part gets to stop even once the grace is spent (to stop accepting, and log).
+_MIN_STOP_SECONDS = 0.5
+
 
 class Services:
-    """The started parts of one covidet process. ``stop()`` stops them in reverse order."""
+    """The started parts of one covidet process.
+
+    :meth:`stop_intake` stops the ways in (reverse order of start), :meth:`stop` everything: both
+    within a deadline, and both may be called more than once."""
 
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
         self.dicom: Any = None
         self.mqtt: Any = None
-        self._stops: list[Callable[[], None]] = []
+        self.retriage: Any = None
+        self._stops: list[Callable[[float], object]] = []
+        self._lock = threading.Lock()
 
-    def stop(self) -> None:
-        for stop in reversed(self._stops):
-            try:
-                stop()
-            except Exception:
-                logger.exception("error while stopping a service")
-        self._stops.clear()
-        self.runtime.close()
+    def stop_intake(self, deadline: float) -> None:
+        """Stop the DICOM receiver, the MQTT subscriber and the re-triage thread, letting work in
+        progress finish until ``deadline`` (``time.monotonic()``)."""
+        # A second caller (stop() after the signal's own thread began) waits for the first to end.
+        if not self._lock.acquire(timeout=_remaining(deadline)):
+            return
+        try:
+            stops, self._stops = self._stops, []
+            for stop in reversed(stops):
+                try:
+                    stop(_remaining(deadline))
+                except Exception:
+                    logger.exception("error while stopping a service")
+        finally:
+            self._lock.release()
+
+    def stop(self, grace: float = 30.0, *, deadline: float | None = None) -> bool:
+        """Stop everything within ``grace`` seconds (or until ``deadline``): the ways in, then the
+        analysis threads (waiting jobs stay ``queued`` in the database), then the database (the audit
+        writer commits what waits). True when no covidet thread is still busy."""
+        deadline = deadline if deadline is not None else time.monotonic() + grace
+        self.stop_intake(deadline)
+        from covidet.worker.queue import InProcessQueue
+
+        if isinstance(self.runtime.queue, InProcessQueue):
+            self.runtime.queue.close(timeout=_remaining(deadline))
+        self.runtime.db.dispose()
+        busy = sorted(
+            thread.name
+            for thread in threading.enumerate()
+            if thread.name.startswith("covidet-") and thread.is_alive()
+        )
+        if busy:
+            logger.warning("still busy at the end of the shutdown grace: %s", ", ".join(busy))
+        return not busy
+
+
+def _remaining(deadline: float) -> float:
+    return max(_MIN_STOP_SECONDS, deadline - time.monotonic())
 
 
 def start_services(
@@ -61,23 +112,23 @@ def start_services(
             )
             receiver.start()
             services.dicom = receiver
-            services._stops.append(receiver.stop)
+            services._stops.append(lambda timeout: receiver.stop(timeout=timeout))
             logger.info("DICOM receiver %s listening on %s:%d", settings.ae_title, host, receiver.port)
         if mqtt:
             from covidet.ingest.mqtt import VitalsSubscriber
+            from covidet.worker.retriage import RetriageQueue
 
             subscriber = VitalsSubscriber.from_settings(runtime.db, settings)
-            if hasattr(subscriber, "on_stored"):
-                analyzer = runtime.analyzer
-
-                def retriage(patient_ids: set[int]) -> None:
-                    for patient_id in patient_ids:
-                        analyzer.retriage_patient(patient_id)
-
-                subscriber.on_stored = retriage
+            analyzer = runtime.analyzer
+            # Re-triage on its own thread, coalesced per patient: the MQTT writer only hands the
+            # patients over, so storing and acknowledging readings never waits on it.
+            retriage = RetriageQueue(lambda patient_id: analyzer.retriage_patient(patient_id))
+            services.retriage = retriage
+            services._stops.append(lambda timeout: retriage.close(timeout=timeout))
+            subscriber.on_stored = retriage.submit
             subscriber.start()
             services.mqtt = subscriber
-            services._stops.append(subscriber.stop)
+            services._stops.append(lambda timeout: subscriber.stop(timeout=timeout))
             logger.info(
                 "MQTT vitals subscriber on %s:%d", settings.mqtt_broker_host, settings.mqtt_broker_port
             )
@@ -99,12 +150,15 @@ def run_services(
     predictor: Any | None = None,
     on_started: Callable[[Services], None] | None = None,
 ) -> None:
-    """Start everything and serve HTTP(S) until SIGINT/SIGTERM."""
+    """Start everything and serve HTTP(S) until SIGINT/SIGTERM, then stop within
+    ``settings.shutdown_grace_seconds`` (see the module docstring)."""
     import uvicorn
 
     from covidet.api.app import create_app
 
+    grace = float(getattr(settings, "shutdown_grace_seconds", 30.0))
     services = start_services(settings, host=host, dicom_port=dicom_port, mqtt=mqtt, predictor=predictor)
+    server: Any = None
     try:
         app = create_app(settings, db=services.runtime.db, ingest=services.runtime.ingest)
         app.state.runtime = services.runtime
@@ -115,8 +169,11 @@ def run_services(
             log_config=None,  # keep covidet's logging set-up
             ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
             ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+            # Requests still running when the grace is over are cancelled (their clients get no
+            # answer, so they still have what they sent): a slow upload cannot hold the stop.
+            timeout_graceful_shutdown=grace,
         )
-        server = uvicorn.Server(config)
+        server = _server(config, services, grace)
         scheme = "https" if ssl_certfile else "http"
         logger.info("web app and API on %s://%s:%d (not for clinical use)", scheme, host, port)
         if on_started is not None:
@@ -128,7 +185,63 @@ def run_services(
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
     finally:
-        services.stop()
+        deadline = server.deadline if server is not None and server.deadline else time.monotonic() + grace
+        clean = services.stop(deadline=deadline)
+        if server is not None and server.deadline:
+            logger.info("covidet stopped %.1f s after the signal", time.monotonic() - server.signalled_at)
+        if not clean and threading.current_thread() is threading.main_thread():
+            _exit_when_done()
+
+
+def _server(config: Any, services: Services, grace: float) -> Any:
+    """uvicorn's server, plus: at the first SIGINT/SIGTERM the other ways in start stopping at once
+    (on their own thread), and the shutdown deadline (``deadline``) is set from that moment."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        signalled_at = 0.0
+        deadline: float | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.deadline is None:
+                self.signalled_at = time.monotonic()
+                self.deadline = self.signalled_at + grace
+                logger.info(
+                    "%s: stopping covidet (work in progress gets up to %.0f s)",
+                    signal.Signals(sig).name,
+                    grace,
+                )
+                logging.getLogger("uvicorn.error").addFilter(_cancelled_at_shutdown)
+                threading.Thread(
+                    target=services.stop_intake, args=(self.deadline,), name="stopping", daemon=True
+                ).start()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
+def _cancelled_at_shutdown(record: logging.LogRecord) -> bool:
+    """uvicorn logs each request it cancels at the end of the grace as "Exception in ASGI
+    application" with the CancelledError's traceback: expected, so one line instead."""
+    if record.exc_info and record.exc_info[0] is asyncio.CancelledError:
+        logger.warning(
+            "a request still running at the end of the grace was cancelled (its client got no answer)"
+        )
+        return False
+    return True
+
+
+def _exit_when_done() -> None:
+    """Some thread was still busy when the grace ended (an analysis in the middle of a detector
+    call, a commit waiting for a lock). End the process with status 0 once the caller is done,
+    without running the interpreter's finalisation under it (a thread stopped inside torch at
+    interpreter exit aborts the process)."""
+
+    def exit_now() -> None:
+        logging.shutdown()
+        os._exit(0)
+
+    atexit.register(exit_now)
 
 
 def _quiet_signals() -> dict[int, Any]:
@@ -139,6 +252,6 @@ def _quiet_signals() -> dict[int, Any]:
         return {}
 
     def after_uvicorn(signum: int, _frame: Any) -> None:
-        logger.info("%s: stopping covidet", signal.Signals(signum).name)
+        logger.debug("%s: covidet is stopping", signal.Signals(signum).name)
 
     return {signum: signal.signal(signum, after_uvicorn) for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -44,6 +44,7 @@ from covidet.api.routes import (
     vitals,
     worklist,
 )
+from covidet.api.unavailable import install_unavailable_handlers
 from covidet.config import Settings, get_settings
 from covidet.ingest.service import ImageIngest
 from covidet.ingest.storage import ImageStore
@@ -170,6 +171,7 @@ def create_app(
     app.add_middleware(_SecurityHeaders)
     app.add_middleware(StrictTransportSecurity, max_age=settings.hsts_seconds)
     install_allow_header(app)
+    install_unavailable_handlers(app)  # database busy or down: 503 with Retry-After, not 500
 
     @app.exception_handler(rq.QueryError)
     async def query_error(request: Request, exc: rq.QueryError) -> JSONResponse:

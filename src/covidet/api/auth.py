@@ -22,7 +22,8 @@ that nobody learns which usernames exist.
 
 Routes depend on :data:`CurrentUser` (any signed-in user), :data:`RadiologistUser` (radiologist or
 admin: patient data and reviews) or :data:`AdminUser`; the web app may use :func:`get_optional_user`
-to redirect instead of answering 401. :func:`record_audit` appends to the audit log.
+to redirect instead of answering 401. :func:`record_audit` appends to the audit log (group commit,
+:mod:`covidet.api.audit_writer`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyCookie, OAuth2PasswordBearer
 from sqlalchemy.orm import Session
 
+from covidet.api.audit_writer import record_audit
 from covidet.api.deps import API_KEY_HEADER, API_PREFIX, DatabaseDep, client_label
 from covidet.config import Settings
 from covidet.store import review_queries as rq
@@ -416,29 +418,3 @@ def audit_in(
         user.username if user else username,
         client_label(request),
     )
-
-
-def record_audit(
-    db: Database,
-    request: Request,
-    action: str,
-    *,
-    user: AuthenticatedUser | None = None,
-    username: str | None = None,
-    object_type: str | None = None,
-    object_id: str | int | None = None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Append an audit event for this request in its own transaction. A read is answered only after
-    its event is committed: if the audit log cannot be written, the data is not served."""
-    with db.session(write=True) as session:
-        audit_in(
-            session,
-            request,
-            action,
-            user=user,
-            username=username,
-            object_type=object_type,
-            object_id=object_id,
-            details=details,
-        )

@@ -54,7 +54,7 @@ from covidet.ingest.dicom_checks import AssociationPolicy, parse_peer_networks
 from covidet.ingest.dicom_syntaxes import ACCEPTED_TRANSFER_SYNTAXES, VERIFICATION_SYNTAXES
 from covidet.ingest.dicom_tls import AssociationServer, server_ssl_context
 from covidet.ingest.service import ACCEPTED_SOP_CLASSES, ImageIngest, IngestRejected
-from covidet.store.db import Database
+from covidet.store.db import Database, database_unavailable
 
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
@@ -178,6 +178,9 @@ def handle_store(event: Event, ingest: ImageIngest, peers: PeerRegistry) -> Data
     except IngestRejected as exc:  # already logged and recorded by ImageIngest
         return _status(_status_for_rejection(exc), exc.reason)
     except Exception as exc:  # disk full, database down...: refuse, so the sender keeps its copy
+        if (busy := database_unavailable(exc)) is not None:  # transient: out of resources, no traceback
+            logger.warning("C-STORE of %s from %s refused (0xA700): %s", sop_instance, peer, busy)
+            return _status(StoreStatus.OUT_OF_RESOURCES, busy)
         logger.exception("could not store SOP instance %s from %s", sop_instance, peer.ae_title)
         reason = f"storage failure: {exc.__class__.__name__}"
         ingest.reject("dicom", peer.ae_title, f"{reason}: {exc}", data)

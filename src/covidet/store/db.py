@@ -3,6 +3,11 @@
 One URL chooses the backend: ``sqlite:///path`` (default, embedded) or
 ``postgresql+psycopg://user:password@host:port/db``. :func:`init_db` brings the schema to the newest
 Alembic revision; every entry point calls it once at start-up, so users never run migrations by hand.
+
+The connection pool is sized from what one process serves at once (:func:`pool_size_for`), and a
+request that still finds no connection waits a bounded time (``db_pool_timeout``) and is then refused
+as busy, which callers recognise with :func:`database_unavailable` and answer "try again" (HTTP 503,
+DICOM 0xA700) rather than as a server error. See docs/load.md.
 """
 
 from __future__ import annotations
@@ -10,20 +15,73 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Database", "init_db", "make_engine"]
+__all__ = [
+    "API_THREADS",
+    "BACKGROUND_CONNECTIONS",
+    "Database",
+    "database_unavailable",
+    "init_db",
+    "make_engine",
+    "pool_size_for",
+]
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+#: Threads on which FastAPI runs the sync routes and dependencies of one process: AnyIO's default
+#: thread limiter (40 tokens), which covidet does not change.
+API_THREADS = 40
+#: Long-lived threads of ``covidet serve`` that use the database besides the requests: the MQTT
+#: writer, the re-triage thread, the audit writer, and one spare (start-up queries, the CLI).
+BACKGROUND_CONNECTIONS = 4
+#: Seconds a caller refused as busy is told to wait before it tries again (HTTP Retry-After).
+RETRY_AFTER_SECONDS = 5
+
+
+def pool_size_for(settings: Any) -> int:
+    """Connections one process may need at once: ``settings.db_pool_size`` when set, else every DICOM
+    association it admits, every API thread, every analysis thread and the background threads, so
+    that no admitted client waits for a connection behind another (docs/load.md, finding 1)."""
+    explicit = getattr(settings, "db_pool_size", None)
+    if explicit:
+        return int(explicit)
+    return (
+        int(getattr(settings, "dicom_max_associations", 32))
+        + API_THREADS
+        + int(getattr(settings, "analysis_workers", 1))
+        + BACKGROUND_CONNECTIONS
+    )
+
+
+def database_unavailable(error: BaseException) -> str | None:
+    """Why ``error`` means the database is busy or unreachable for now (a reason to answer "try again
+    later"), or ``None`` for any other error (a bug, a refused row: a real failure).
+
+    Busy: no pooled connection within ``db_pool_timeout`` (``sqlalchemy.exc.TimeoutError``), SQLite's
+    write lock not obtained within its busy timeout (``database is locked``), a connection that failed
+    or was lost (``OperationalError`` / ``InterfaceError``, e.g. PostgreSQL restarting)."""
+    if isinstance(error, sa_exc.TimeoutError):
+        return "database busy: no free connection in time, try again later"
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
+        orig = getattr(error, "orig", None)
+        first = (str(orig or error).splitlines() or [""])[0]
+        if "locked" in first or "busy" in first:
+            return "database busy: write lock not obtained in time, try again later"
+        # SQLite's other OperationalErrors (no such table, syntax) are bugs, not outages.
+        if type(orig).__module__ != "sqlite3" or error.connection_invalidated:
+            return f"database unavailable ({first[:80]}), try again later"
+    return None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -68,19 +126,32 @@ def _private_sqlite_file(path: Path) -> None:
             logger.warning("could not make %s private: %s", file, exc)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int | None = None, pool_timeout: float | None = None, **kwargs: Any
+) -> Engine:
     """An engine for ``url``. For SQLite the file is created owner-only (0600, folder 0700) and the
-    connection pragmas set."""
+    connection pragmas set.
+
+    ``pool_size``: connections kept and handed out at most (no overflow beyond it), default
+    SQLAlchemy's (5 plus 10 overflow); ``pool_timeout``: seconds a checkout waits for one before
+    ``sqlalchemy.exc.TimeoutError`` (default 30). Neither applies to an in-memory SQLite database."""
     parsed = make_url(url)
+    pool: dict[str, Any] = {}
+    in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+    if not in_memory:
+        if pool_size is not None:
+            pool.update(pool_size=pool_size, max_overflow=0)
+        if pool_timeout is not None:
+            pool["pool_timeout"] = pool_timeout
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        if not in_memory:
             _private_sqlite_file(Path(parsed.database).expanduser())
         connect_args = {"check_same_thread": False, "timeout": 30}
-        engine = create_engine(url, connect_args=connect_args, **kwargs)
+        engine = create_engine(url, connect_args=connect_args, **{**pool, **kwargs})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    return create_engine(url, pool_pre_ping=True, **{**pool, **kwargs})
 
 
 def alembic_config(url: str) -> Any:
@@ -112,10 +183,17 @@ class Database:
         if migrate:
             init_db(self.engine)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._dispose_hooks: list[Callable[[], None]] = []
 
     @classmethod
     def from_settings(cls, settings: Any) -> Database:
-        return cls(settings.resolved_database_url)
+        """The database of ``settings``, its pool sized by :func:`pool_size_for` and its checkout wait
+        bounded by ``settings.db_pool_timeout``."""
+        return cls(
+            settings.resolved_database_url,
+            pool_size=pool_size_for(settings),
+            pool_timeout=float(getattr(settings, "db_pool_timeout", 10.0)),
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -138,5 +216,16 @@ class Database:
                 session.rollback()
                 raise
 
+    def on_dispose(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` (once) at the start of :meth:`dispose`: writers that batch work for this
+        database (the audit writer) flush it there, while the engine still works."""
+        self._dispose_hooks.append(hook)
+
     def dispose(self) -> None:
+        hooks, self._dispose_hooks = self._dispose_hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                logger.exception("error while flushing before the database closes")
         self.engine.dispose()
