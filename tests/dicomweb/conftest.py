@@ -16,7 +16,7 @@ from dicomweb_client import DICOMwebClient
 from covidet.archive import archive_ai_sr
 from covidet.store import queries
 from covidet.store.models import FindingRecord, Image, Inference
-from tests.api.conftest import ApiEnv, make_env, serve
+from tests.api.conftest import ApiEnv, dataset_jpegs, make_env, serve
 
 FINDINGS = (("covid19", 0.91, (300.0, 400.0, 900.0, 1200.5)),)
 
@@ -111,3 +111,16 @@ def archive(tmp_path: Path, rg1_dicom: Path) -> Iterator[Archive]:
         )
     env.ingest.queue.close()  # type: ignore[attr-defined]
     env.db.dispose()
+
+
+@pytest.fixture
+def upload_uid(archive: Archive, data_root: Path) -> str:
+    """A JPEG X-ray of the dataset uploaded for patient P-JPEG (served as a DX object); its study UID."""
+    (jpeg,) = dataset_jpegs(data_root, 1)
+    accepted = archive.env.ingest.accept(
+        jpeg.read_bytes(), channel="upload", device_id=None, source="test", patient_key="P-JPEG"
+    )
+    from covidet.store.models import Study
+
+    with archive.env.db.session() as session:
+        return session.get(Study, accepted.study_id).study_instance_uid

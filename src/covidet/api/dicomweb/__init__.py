@@ -9,7 +9,7 @@ is docs/dicomweb.md.
 
 from fastapi import APIRouter
 
-from covidet.api.dicomweb import wado
+from covidet.api.dicomweb import qido, wado
 from covidet.api.dicomweb.common import DICOMWEB_PREFIX
 
 __all__ = ["DICOMWEB_PREFIX", "router"]
@@ -17,4 +17,5 @@ __all__ = ["DICOMWEB_PREFIX", "router"]
 # Not in the OpenAPI document: DICOMweb is specified by PS3.18 and covidet's conformance statement
 # (docs/dicomweb.md), its bodies are DICOM JSON and multipart/related, not the JSON API's schemas.
 router = APIRouter(prefix=DICOMWEB_PREFIX, include_in_schema=False)
+router.include_router(qido.router)
 router.include_router(wado.router)
