@@ -103,14 +103,19 @@ def test_a_request_without_a_free_connection_gets_503_with_retry_after(
             try:
                 with caplog.at_level(logging.WARNING, logger="covidet"):
                     answer = client.get("/api/v1/worklist", headers=headers)
-                    upload = client.get("/api/v1/studies", headers=headers)
+                    studies = client.get("/api/v1/studies", headers=headers)
+                    # A request with a body: its credential is checked before the body is read, by
+                    # the body guard, outside the app's exception handlers.
+                    review = client.post("/api/v1/reviews", headers=headers, json={"image_id": 1})
             finally:
                 for connection in held:
                     connection.close()
             assert answer.status_code == 503, answer.text
             assert answer.headers["Retry-After"] == "5"
             assert "database busy" in answer.json()["detail"]
-            assert upload.status_code == 503
+            assert studies.status_code == 503
+            assert review.status_code == 503, review.text
+            assert review.headers["Retry-After"] == "5"
             logged = [r for r in caplog.records if "answered 503" in r.getMessage()]
             assert logged and all(r.exc_info is None for r in logged), "one line per refusal, no traceback"
             assert "/api/v1/worklist" in logged[0].getMessage()

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from covidet.api.deps import API_KEY_HEADER, API_PREFIX
 from covidet.store import review_queries as rq
-from covidet.store.db import Database
+from covidet.store.db import RETRY_AFTER_SECONDS, Database, database_unavailable
 from covidet.store.models import utcnow
 
 __all__ = ["PUBLIC_BODY_ROUTES", "UPLOAD_MARGIN_BYTES", "UPLOAD_ROUTE", "BodyGuard"]
@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 PUBLIC_BODY_ROUTES = frozenset({("POST", f"{API_PREFIX}/auth/token"), ("POST", f"{API_PREFIX}/auth/login")})
 #: The device upload: authenticated (X-API-Key) and limited by its route, before it reads the body.
 UPLOAD_ROUTE = ("POST", f"{API_PREFIX}/images")
+#: DICOMweb STOW-RS (``POST /dicom-web/studies[/{uid}]``): like the upload, authenticated (device key or
+#: admin token) and limited (max_image_bytes + its envelope) by its route before it reads the body.
+STOW_ROUTE_PREFIX = "/dicom-web/studies"
 #: How far above the upload route's own limit this guard cuts an upload off (more than one network read).
 UPLOAD_MARGIN_BYTES = 1024 * 1024
 _SESSION_COOKIE = "covidet_session"  # covidet.api.auth.SESSION_COOKIE (not imported: auth imports deps)
@@ -125,7 +128,9 @@ class BodyGuard:
         request = Request(scope)
         route = (scope["method"], scope["path"].rstrip("/") or "/")
         peer = request.client.host if request.client else "unknown address"
-        is_upload = route == UPLOAD_ROUTE
+        is_upload = route == UPLOAD_ROUTE or (
+            route[0] == "POST" and (route[1] + "/").startswith(STOW_ROUTE_PREFIX + "/")
+        )
         limit = self.max_upload_bytes if is_upload else self.max_body_bytes
         needs_user = (
             scope["path"].startswith(API_PREFIX + "/") and not is_upload and route not in PUBLIC_BODY_ROUTES
@@ -134,7 +139,14 @@ class BodyGuard:
         # Only a request that announces a body is checked before it is read (the others are answered
         # by the route's own dependencies, at no extra cost); every request's bytes are counted.
         if needs_user and _has_body(scope):
-            reason = await run_in_threadpool(_credential_error, self.db, request)
+            try:
+                reason = await run_in_threadpool(_credential_error, self.db, request)
+            except Exception as exc:  # outside the app's handlers: a busy database is a 503 here too
+                if (busy := database_unavailable(exc)) is None:
+                    raise
+                logger.warning("%s %s from %s answered 503: %s", *route, peer, busy)
+                await _answer(send, 503, busy, [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
+                return
             if reason is not None:
                 logger.warning("%s %s from %s refused before its body: %s", *route, peer, reason)
                 await _answer(send, 401, reason, _CHALLENGE)

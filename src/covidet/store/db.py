@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 __all__ = [
     "API_THREADS",
     "BACKGROUND_CONNECTIONS",
+    "RETRY_AFTER_SECONDS",
     "Database",
     "database_unavailable",
     "init_db",
