@@ -73,6 +73,7 @@ class Services:
         self.stop_intake(deadline)
         from covidet.worker.queue import InProcessQueue
 
+        # What Runtime.close does, with the wait bounded by the deadline (it waits up to 120 s).
         if isinstance(self.runtime.queue, InProcessQueue):
             self.runtime.queue.close(timeout=_remaining(deadline))
         self.runtime.db.dispose()
