@@ -9,7 +9,7 @@ is docs/dicomweb.md.
 
 from fastapi import APIRouter
 
-from covidet.api.dicomweb import qido, wado
+from covidet.api.dicomweb import qido, stow, wado
 from covidet.api.dicomweb.common import DICOMWEB_PREFIX
 
 __all__ = ["DICOMWEB_PREFIX", "router"]
@@ -19,3 +19,4 @@ __all__ = ["DICOMWEB_PREFIX", "router"]
 router = APIRouter(prefix=DICOMWEB_PREFIX, include_in_schema=False)
 router.include_router(qido.router)
 router.include_router(wado.router)
+router.include_router(stow.router)
