@@ -54,19 +54,11 @@ from covidet.store.models import Image
 from covidet.web import close_event_streams
 from covidet.worker.events import InProcessEvents, RedisEvents
 from tests.servers import free_port
+from tests.web.browser import CHROMIUM_ARGS, chromium_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
-CHROMIUM_PATHS = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PASSWORDS = {"admin": "admin-web-password", "rad": "radiologist-web-pw"}
 INGEST_USER, INGEST_PASSWORD = "covidet-ingest", "ingest-password-for-web-tests"
 #: Images the simulator sends before the browser opens; one more is pushed while it is open.
@@ -79,13 +71,6 @@ PAYLOAD_TO_VITAL = {
     "systolic_bp": "systolic_bp_mmhg",
 }
 PRIORITY_RANK = {"urgent": 0, "high": 1, "routine": 2, "none": 3}
-
-
-def chromium_path() -> str:
-    for path in CHROMIUM_PATHS:
-        if Path(path).exists():
-            return path
-    raise RuntimeError("Chromium not found: install the Debian package 'chromium' (.ci/run does)")
 
 
 # ---------------------------------------------------------------------------------------- servers
@@ -290,14 +275,14 @@ def test_sign_in_and_the_live_worklist(deployment: Deployment, browser: Any) -> 
     page = sign_in(browser, base, "rad")
     expect(page.locator("#live-status")).to_have_attribute("data-state", "connected", timeout=15_000)
 
-    # Every simulated patient is listed, most urgent first, then longest waiting.
+    # Every simulated patient is listed, one row per study, most urgent first, then longest waiting.
     rows = worklist_rows(page)
-    assert len(rows) == INITIAL_IMAGES
+    studies = httpx.get(f"{base}/api/v1/worklist/studies", headers=token_headers(base, "rad")).json()
+    assert len(rows) == studies["total"] and sum(len(s["images"]) for s in studies["items"]) == INITIAL_IMAGES
     assert {r["patient"] for r in rows} == {p["patient_id"] for p in deployment.report.patients}
     keys = [(PRIORITY_RANK[r["priority"]], datetime.fromisoformat(r["received"])) for r in rows]
     assert keys == sorted(keys), rows
-    api_order = httpx.get(f"{base}/api/v1/worklist", headers=token_headers(base, "rad")).json()["items"]
-    assert [r["id"] for r in rows] == [str(item["image_id"]) for item in api_order]
+    assert [r["id"] for r in rows] == [str(item["deciding_image_id"]) for item in studies["items"]]
     expect(page.locator("#worklist tbody tr").first.locator(".model")).to_contain_text("not for clinical use")
 
     # A new patient's X-ray arrives while the page is open: its row appears without a reload...
@@ -340,7 +325,9 @@ def test_sign_in_and_the_live_worklist(deployment: Deployment, browser: Any) -> 
     assert rows[[r["patient"] for r in rows].index(case.patient_key)]["priority"] == "urgent"
     screenshot(page, "worklist", full_page=True)
 
-    # Acknowledging the alert (a POST with the session's CSRF token) takes it off the list.
+    # Acknowledging the alert (a POST with the session's CSRF token) takes it off the list (the
+    # alerts are one closed strip until opened).
+    page.locator("#alerts > summary").click()
     alert_item = page.locator(f'#alerts li[data-image-id="{new_row.get_attribute("data-image-id")}"]')
     alert_item.get_by_role("button", name="Acknowledge").click()
     expect(alert_item).to_have_count(0)

@@ -4,9 +4,10 @@ worklist.
 
 :func:`mount_web` adds it all to the API app made by :func:`covidet.api.app.create_app`:
 
-* ``/`` (redirect), ``/login``, ``/logout``, ``/worklist``, ``/worklist/live``, ``/images/{id}``
-  (viewer and review), ``/model``, ``/model/plots/{name}``, ``/admin/audit``: HTML pages
-  (:mod:`covidet.web.pages`);
+* ``/`` (redirect), ``/login``, ``/logout``, ``/images/{id}`` (viewer and review), ``/model``,
+  ``/model/plots/{name}``, ``/admin/audit``: HTML pages (:mod:`covidet.web.pages`);
+* ``/worklist``, ``/worklist/live`` and the worklist's forms (claim, release, next case):
+  :mod:`covidet.web.worklist_page`;
 * ``/static/...``: the pages' scripts and styles;
 * ``GET /api/v1/events``: the event stream (:mod:`covidet.web.events`).
 
@@ -55,9 +56,9 @@ def mount_web(app: Any) -> None:
     """Add the web pages, their static files and ``GET /api/v1/events`` to ``app`` (a FastAPI app of
     :func:`covidet.api.app.create_app`: its ``state`` holds the settings and the database)."""
     from covidet.api.deps import API_PREFIX
-    from covidet.web import events, pages
+    from covidet.web import events, pages, worklist_page
 
     app.include_router(events.router, prefix=API_PREFIX)
-    for route in pages.page_routes():
+    for route in pages.page_routes() + worklist_page.worklist_routes():
         app.router.routes.append(route)
     app.mount("/static", _StaticHeaders(StaticFiles(directory=pages.STATIC_DIR)), name="static")

@@ -24,7 +24,6 @@ import math
 import re
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,19 +50,18 @@ from covidet.api.auth import (
     start_session,
 )
 from covidet.api.ratelimit import LoginLocked, throttled_authenticate
-from covidet.api.routes.worklist import WorklistItemPublic, worklist_item
 from covidet.domain import Label
 from covidet.store import review_queries as rq
 from covidet.store.db import Database
 from covidet.store.models import Inference, Role
 from covidet.web.charts import CHART_HEIGHT, CHART_WIDTH, trend_charts
+from covidet.web.review_view import reading_room_view
 
 __all__ = [
     "LOGIN_CSRF_COOKIE",
     "PAGE_HEADERS",
     "STATIC_DIR",
     "TEMPLATES_DIR",
-    "WorklistFilters",
     "model_card_path",
     "model_plots_dir",
     "page_routes",
@@ -90,8 +88,6 @@ PAGE_HEADERS = {
 }
 _PAGE_SIZE = 50
 _LABELS = [label.value for label in Label]
-_PRIORITIES = ("urgent", "high", "routine", "none")
-_STATUSES = ("queued", "analysed", "failed")
 _PLOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.png$")
 #: Captions of the evaluation plots that ``covidet evaluate`` writes.
 _PLOT_CAPTIONS = {
@@ -371,135 +367,7 @@ async def logout(request: Request) -> Response:
 
 # ------------------------------------------------------------------------------------------ worklist
 
-
-@dataclass(frozen=True)
-class WorklistFilters:
-    """The worklist's filters, from and back to a query string (unknown values are ignored)."""
-
-    priority: tuple[str, ...] = ()
-    status: tuple[str, ...] = ()
-    reviewed: bool | None = None
-    patient: str | None = None
-    offset: int = 0
-    limit: int = _PAGE_SIZE
-
-    @classmethod
-    def from_query(cls, params: Any) -> WorklistFilters:
-        priority = tuple(p for p in params.getlist("priority") if p in _PRIORITIES)
-        status = tuple(s for s in params.getlist("status") if s in _STATUSES)
-        reviewed = {"yes": True, "no": False}.get(params.get("reviewed", ""))
-        patient = (params.get("patient") or "").strip()[:64] or None
-        if patient is not None and not _NO_CONTROL.match(patient):
-            patient = None
-        try:
-            offset = max(0, min(int(params.get("offset", "0")), 1_000_000))
-        except ValueError:
-            offset = 0
-        return cls(priority, status, reviewed, patient, offset)
-
-    def query(self, **changes: Any) -> str:
-        """The query string of these filters with ``changes`` (e.g. another offset)."""
-        state = replace(self, **changes)
-        pairs: list[tuple[str, str]] = [("priority", p) for p in state.priority]
-        pairs += [("status", s) for s in state.status]
-        if state.reviewed is not None:
-            pairs.append(("reviewed", "yes" if state.reviewed else "no"))
-        if state.patient:
-            pairs.append(("patient", state.patient))
-        if state.offset:
-            pairs.append(("offset", str(state.offset)))
-        return urlencode(pairs)
-
-    def audit(self) -> dict[str, Any]:
-        return {
-            "priority": list(self.priority),
-            "status": list(self.status),
-            "reviewed": self.reviewed,
-            "patient": self.patient,
-        }
-
-
-@dataclass
-class _WorklistView:
-    items: list[WorklistItemPublic]
-    total: int
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _worklist_view(db: Database, filters: WorklistFilters) -> _WorklistView:
-    with db.session() as session:
-        rows, total = rq.worklist(
-            session,
-            priorities=list(filters.priority) or None,
-            statuses=list(filters.status) or None,
-            reviewed=filters.reviewed,
-            patient=filters.patient,
-            limit=filters.limit,
-            offset=filters.offset,
-        )
-        alerts, _ = rq.list_alerts(session, acknowledged=False, limit=20)
-        alert_rows = [
-            {
-                "id": alert.id,
-                "image_id": alert.image_id,
-                "priority": alert.priority,
-                "reasons": list(alert.reasons or []),
-                "created_at": alert.created_at,
-                "patient_key": patient.patient_key,
-                "patient_name": patient.name,
-            }
-            for alert, patient in alerts
-        ]
-    return _WorklistView([worklist_item(row) for row in rows], total, alert_rows)
-
-
-async def _worklist(request: Request, template: str) -> Response:
-    guard = await _guard(request)
-    if isinstance(guard, Response):
-        return guard
-    user = guard
-    filters = WorklistFilters.from_query(request.query_params)
-    db = _db(request)
-    view = await run_in_threadpool(_worklist_view, db, filters)
-    await run_in_threadpool(
-        record_audit,
-        db,
-        request,
-        "read.worklist",
-        user=user,
-        details={
-            "via": "web",
-            "image_ids": [item.image_id for item in view.items],
-            "alert_ids": [alert["id"] for alert in view.alerts],
-            "filters": filters.audit(),
-            "total": view.total,
-        },
-    )
-    return _render(
-        request,
-        template,
-        {
-            "items": view.items,
-            "total": view.total,
-            "alerts": view.alerts,
-            "filters": filters,
-            "priorities": _PRIORITIES,
-            "statuses": _STATUSES,
-            "page_size": filters.limit,
-        },
-        user=user,
-    )
-
-
-async def worklist_page(request: Request) -> Response:
-    """The worklist: most urgent first, then longest waiting; filters; live updates by SSE."""
-    return await _worklist(request, "worklist.html")
-
-
-async def worklist_live(request: Request) -> Response:
-    """The live part of the worklist (alerts and table) alone: what the page's script swaps in when
-    an event arrives, so that rows are rendered by one template only."""
-    return await _worklist(request, "_worklist_live.html")
+# The worklist (by study, with claims and "next case") is in covidet.web.worklist_page.
 
 
 # -------------------------------------------------------------------------------------------- viewer
@@ -516,6 +384,7 @@ def _review_dict(review: Any) -> dict[str, Any]:
         "inference_id": review.inference_id,
         "updated_at": review.updated_at,
         "signed_at": review.signed_at,
+        "amends_review_id": review.amends_review_id,
         "findings": [
             {
                 "action": f.action,
@@ -564,6 +433,8 @@ def _viewer_view(db: Database, image_id: int, user_id: int) -> dict[str, Any] | 
             "ai": {
                 "inference_id": inference.id,
                 "label": inference.label,
+                # The AI score: one number per finding, as the worklist and the triage show it.
+                "score": (inference.probabilities or {}).get(inference.label) if inference.label else None,
                 "probabilities": sorted(
                     (inference.probabilities or {}).items(), key=lambda item: -float(item[1])
                 ),
@@ -596,6 +467,7 @@ def _viewer_view(db: Database, image_id: int, user_id: int) -> dict[str, Any] | 
                 (r for r in reviews if r["status"] == "draft" and r["reviewer_id"] == user_id), None
             ),
             "other_drafts": [r for r in reviews if r["status"] == "draft" and r["reviewer_id"] != user_id],
+            **reading_room_view(session, image, reviews, user_id),
         }
 
 
@@ -627,6 +499,10 @@ async def viewer_page(request: Request) -> Response:
         },
     )
     ai = view["ai"]
+    signed = request.query_params.get("signed", "")
+    view["signed_notice"] = next(
+        (r for r in view["signed"] if str(r["id"]) == signed and r["reviewer_id"] == user.id), None
+    )
     state = {
         "imageId": image_id,
         "userId": user.id,
@@ -866,8 +742,6 @@ def page_routes() -> list[Route]:
         ("/login", login_form, ["GET"], "web_login"),
         ("/login", login_submit, ["POST"], "web_login_submit"),
         ("/logout", logout, ["POST"], "web_logout"),
-        ("/worklist", worklist_page, ["GET"], "web_worklist"),
-        ("/worklist/live", worklist_live, ["GET"], "web_worklist_live"),
         ("/images/{image_id:int}", viewer_page, ["GET"], "web_viewer"),
         ("/model", model_page, ["GET"], "web_model"),
         ("/model/plots/{name}", model_plot, ["GET"], "web_model_plot"),

@@ -43,6 +43,7 @@
   let windowFrame = 0;
   let mode = "pan";
   let drag = null;
+  let keyboardBox = null; // [x1, y1, x2, y2] of a box drawn from the keyboard (review_keys.js)
   const view = { scale: 1, x: 0, y: 0 };
   const review = { actions: new Map(), added: [], draftId: null };
 
@@ -245,6 +246,18 @@
       mine.append(group);
     });
     overlay.append(mine);
+    if (keyboardBox) {
+      overlay.append(
+        svg("rect", {
+          class: "drawing keyboard-box",
+          x: keyboardBox[0],
+          y: keyboardBox[1],
+          width: keyboardBox[2] - keyboardBox[0],
+          height: keyboardBox[3] - keyboardBox[1],
+          "vector-effect": "non-scaling-stroke",
+        })
+      );
+    }
     if (drag && drag.kind === "draw") {
       const x = Math.min(drag.x0, drag.x1);
       const y = Math.min(drag.y0, drag.y1);
@@ -519,10 +532,9 @@
       const signed = await window.covidet.api("POST", "/api/v1/reviews/" + draft.id + "/sign");
       say("Review " + signed.id + " signed.", "ok");
       form.dataset.signed = String(signed.id);
-      // The page is rendered again with the signed review listed (and an empty form for a new one).
-      window.setTimeout(function () {
-        window.location.reload();
-      }, 400);
+      // The page is rendered again with the signed review listed and a confirmation that stays until
+      // it is dismissed (the server shows it for ?signed=ID, a review of this reader's).
+      window.location.assign(window.location.pathname + "?signed=" + encodeURIComponent(signed.id));
     } catch (error) {
       say("Not signed: " + error.message, "error");
       setBusy(false);
@@ -558,4 +570,20 @@
   restoreDraft(state.draft);
   drawBoxes();
   loadImage();
+
+  // What static/review_keys.js (keyboard shortcuts, boxes drawn from the keyboard) needs.
+  window.covidetViewer = {
+    size: function () {
+      return { width: width, height: height };
+    },
+    previewBox: function (box) {
+      keyboardBox = box;
+      drawBoxes();
+    },
+    addBox: function (box) {
+      review.added.push({ label: newBoxLabel.value, box: box.map((v) => Math.round(v * 10) / 10) });
+      renderAdded();
+      drawBoxes();
+    },
+  };
 })();

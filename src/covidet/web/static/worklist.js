@@ -3,7 +3,8 @@
  * a priority change or an alert arrives it fetches the server-rendered rows (/worklist/live with the
  * same filters) and swaps them in, so there is one renderer (the Jinja template) and no reload.
  * Rows that appear are marked "new", rows that changed place "moved", and an urgent alert is
- * announced (role="alert") and its row highlighted.
+ * announced (role="alert") and its row highlighted (rows with an unacknowledged alert also come
+ * highlighted from the server, so a reload keeps them). The keyboard focus survives a refresh.
  */
 "use strict";
 
@@ -40,8 +41,54 @@
       else if (old !== -1 && old !== index) row.classList.add("is-moved");
       if (alerted.has(id)) row.classList.add("is-alert");
     });
+    bindAlerts();
     bindAcknowledge();
   }
+
+  // The alerts strip stays as the reader left it (open or closed) while this tab lives.
+  const STRIP_KEY = "covidet.alertsOpen";
+  function bindAlerts() {
+    const strip = document.getElementById("alerts");
+    if (!strip) return;
+    strip.open = window.sessionStorage.getItem(STRIP_KEY) === "1";
+    strip.addEventListener("toggle", function () {
+      window.sessionStorage.setItem(STRIP_KEY, strip.open ? "1" : "0");
+    });
+  }
+
+  /** What has the keyboard focus, as a selector that finds the same control after a refresh. */
+  function focusKey() {
+    const active = document.activeElement;
+    if (!active || !live.contains(active)) return null;
+    if (active.matches("button.ack")) return { alertId: active.dataset.alertId };
+    if (active.id) return { selector: "#" + CSS.escape(active.id) };
+    const row = active.closest("tr[data-study-id]");
+    const label = active.getAttribute("aria-label");
+    if (row && label) {
+      return { selector: 'tr[data-study-id="' + row.dataset.studyId + '"] [aria-label="' + CSS.escape(label) + '"]' };
+    }
+    if (active.matches("#alerts > summary")) return { selector: "#alerts > summary" };
+    return null;
+  }
+
+  /** Give the focus back after the rows were swapped (a reader acknowledging alerts with the keyboard
+   * stays in the alerts: on the next alert's button, or on the strip when none is left). */
+  function restoreFocus(key) {
+    if (!key) return;
+    let target = null;
+    if (key.alertId) {
+      target = live.querySelector('button.ack[data-alert-id="' + key.alertId + '"]');
+      if (!target && pendingAck && pendingAck.next) {
+        target = live.querySelector('button.ack[data-alert-id="' + pendingAck.next + '"]');
+      }
+      if (!target) target = live.querySelector("button.ack") || live.querySelector("#alerts:not([hidden]) > summary");
+      if (!target) target = document.getElementById("worklist");
+    } else if (key.selector) {
+      target = live.querySelector(key.selector);
+    }
+    if (target) target.focus();
+  }
+  let pendingAck = null;
 
   async function refresh() {
     if (busy) {
@@ -51,6 +98,14 @@
     busy = true;
     try {
       const before = rowIds();
+      const focused = focusKey();
+      const strip = document.getElementById("alerts");
+      const stripOpen = strip ? strip.open : false;
+      // Thumbnails already shown are kept (not fetched and decoded again on every refresh).
+      const images = new Map();
+      live.querySelectorAll("img[src]").forEach(function (img) {
+        if (img.complete) images.set(img.getAttribute("src"), img);
+      });
       const response = await fetch("/worklist/live?" + (live.dataset.query || ""), {
         credentials: "same-origin",
         headers: { Accept: "text/html" },
@@ -61,7 +116,15 @@
       }
       if (!response.ok) throw new Error("HTTP " + response.status);
       live.innerHTML = await response.text(); // rendered and escaped by the server's template
+      live.querySelectorAll("img[src]").forEach(function (img) {
+        const kept = images.get(img.getAttribute("src"));
+        if (kept) img.replaceWith(kept);
+      });
       decorate(before);
+      const newStrip = document.getElementById("alerts");
+      if (newStrip) newStrip.open = stripOpen;
+      restoreFocus(focused);
+      pendingAck = null;
       live.dataset.refreshes = String(Number(live.dataset.refreshes || "0") + 1);
     } catch (error) {
       setStatus("error", "Live updates: the worklist could not be refreshed (" + error.message + ").");
@@ -102,12 +165,19 @@
   function bindAcknowledge() {
     live.querySelectorAll("button.ack").forEach(function (button) {
       button.addEventListener("click", async function () {
-        button.disabled = true;
+        // Where the focus goes once this alert is gone: the next alert's button.
+        const items = Array.from(live.querySelectorAll("button.ack"));
+        const next = items[items.indexOf(button) + 1] || items[items.indexOf(button) - 1];
+        pendingAck = { id: button.dataset.alertId, next: next ? next.dataset.alertId : null };
+        button.setAttribute("aria-disabled", "true"); // not disabled: a disabled button loses the focus
+        if (button.dataset.busy) return;
+        button.dataset.busy = "1";
         try {
           await window.covidet.api("POST", "/api/v1/alerts/" + button.dataset.alertId + "/acknowledge");
           schedule();
         } catch (error) {
-          button.disabled = false;
+          delete button.dataset.busy;
+          button.removeAttribute("aria-disabled");
           setStatus("error", "Could not acknowledge the alert: " + error.message);
         }
       });
@@ -141,7 +211,20 @@
   window.addEventListener("pagehide", function () {
     source.close();
   });
+  bindAlerts();
   bindAcknowledge();
+})();
+
+// Keyboard: "n" takes the next case (as the button does), unless the reader is typing.
+(function () {
+  const next = document.getElementById("next-case");
+  if (!next) return;
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "n" || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.target.closest("input, select, textarea, [contenteditable]")) return;
+    event.preventDefault();
+    next.click();
+  });
 })();
 
 // Filters: empty fields stay out of the address (shorter, bookmarkable URLs).
