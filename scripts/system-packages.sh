@@ -11,7 +11,7 @@
 set -euo pipefail
 
 case "${1:-}" in
-  test) wanted=(postgresql dcmtk dicom3tools mosquitto mosquitto-clients redis-server orthanc chromium openssl) ;;
+  test) wanted=(postgresql dcmtk dicom3tools mosquitto mosquitto-clients redis-server orthanc orthanc-dicomweb chromium openssl) ;;
   demo) wanted=(mosquitto mosquitto-clients dcmtk) ;;
   *) echo "usage: $0 test|demo" >&2; exit 2 ;;
 esac
