@@ -13,7 +13,7 @@ export COVIDET_DATA
 
 PORT ?= 8000
 
-.PHONY: setup demo predict-demo test bench lint fuzz system-packages-test system-packages-demo
+.PHONY: setup viewer demo predict-demo test bench lint fuzz system-packages-test system-packages-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-setup: $(VENV)/.installed
+# The diagnostic viewer's JavaScript (Cornerstone3D, pinned in package-lock.json), bundled into
+# src/covidet/web/static/viewer/ (not committed); rebuilt when missing or older than its sources.
+VIEWER_SRC := src/covidet/web/viewer_src
+VIEWER_BUNDLE := src/covidet/web/static/viewer/viewer3d.js
+$(VIEWER_BUNDLE): $(VIEWER_SRC)/package.json $(VIEWER_SRC)/package-lock.json $(VIEWER_SRC)/build.mjs $(wildcard $(VIEWER_SRC)/src/*.js)
+	@command -v npm >/dev/null || { echo "covidet: 'make viewer' needs Node.js 20+ and npm (Debian: nodejs npm)" >&2; exit 1; }
+	cd $(VIEWER_SRC) && npm ci --no-audit --no-fund && npm run build
+
+viewer: $(VIEWER_BUNDLE)
+
+setup: $(VENV)/.installed $(VIEWER_BUNDLE)
 
 system-packages-test:
 	@scripts/system-packages.sh test

@@ -61,4 +61,7 @@ def mount_web(app: Any) -> None:
     app.include_router(events.router, prefix=API_PREFIX)
     for route in pages.page_routes() + worklist_page.worklist_routes():
         app.router.routes.append(route)
+    from covidet.web import viewer_page  # the diagnostic viewer (docs/web.md)
+
+    app.router.routes.extend(viewer_page.routes())
     app.mount("/static", _StaticHeaders(StaticFiles(directory=pages.STATIC_DIR)), name="static")

@@ -1,0 +1,202 @@
+"""The diagnostic viewer page: ``GET /viewer/studies/{study_uid}`` (optionally ``?image={id}``).
+
+The page is a shell for the Cornerstone3D bundle built from ``web/viewer_src`` into
+``static/viewer/`` (``make viewer``). The server embeds, as JSON, what the archive holds for the study
+(:mod:`covidet.store.archive_queries`: its X-rays with their series and SOP Instance UIDs, and the AI SR
+of each) and the patient's other studies (priors, same query, newest first); the browser then fetches
+metadata, pixels and the AI SR over covidet's DICOMweb (WADO-RS under ``/dicom-web``) with the session
+cookie, and saves the radiologist's rectangles through ``/api/v1/reviews``. See docs/web.md,
+"Diagnostic viewer".
+
+Reading the page is audited as ``read.study`` (object ``study``, ``"via": "web-viewer"``). Without the
+bundle the page still answers, saying that ``make viewer`` builds it (a deployment error, not a
+missing study).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from covidet.api.auth import SESSION_COOKIE, AuthenticatedUser, get_optional_user, record_audit
+from covidet.assessment.reports import LABEL_CODES
+from covidet.domain import Label
+from covidet.store import archive_queries as aq
+from covidet.store import review_queries as rq
+from covidet.store.db import Database
+from covidet.store.models import Patient, Role, Study
+
+__all__ = ["BUNDLE_DIR", "VIEWER_PATH", "routes"]
+
+logger = logging.getLogger(__name__)
+
+#: Where ``make viewer`` writes the bundle (served as ``/static/viewer/``).
+BUNDLE_DIR = Path(__file__).parent / "static" / "viewer"
+#: URL of the page; ``{study_uid}`` is the Study Instance UID.
+VIEWER_PATH = "/viewer/studies/{study_uid}"
+#: PS3.18's root as :mod:`covidet.api.dicomweb` serves it.
+DICOMWEB_ROOT = "/dicom-web"
+#: At most this many prior studies are offered (newest first).
+MAX_PRIORS = 10
+_MAX_UID = 64
+_ALLOWED_ROLES = (Role.ADMIN.value, Role.RADIOLOGIST.value)
+#: The page's policy differs from every other page's (covidet.web.pages.PAGE_HEADERS) in two words:
+#: the bundle's WebAssembly codecs need 'wasm-unsafe-eval' (compiling WebAssembly, not eval of
+#: strings), and Cornerstone's SVG measurement labels set style attributes ('unsafe-inline' for styles
+#: only; scripts stay 'self'). Its decoding worker is a script of this origin.
+_CSP = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; "
+    "style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' blob: data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def _image_entry(record: aq.InstanceRecord, sr_by_image: dict[int, aq.InstanceRecord]) -> dict[str, Any]:
+    sr = sr_by_image.get(record.image_id)
+    return {
+        "imageId": record.image_id,
+        "seriesUid": record.series_instance_uid,
+        "sopUid": record.sop_instance_uid,
+        "modality": record.modality,
+        "columns": record.columns,
+        "rows": record.rows,
+        "aiSr": {"seriesUid": sr.series_instance_uid, "sopUid": sr.sop_instance_uid} if sr else None,
+    }
+
+
+def _images(records: list[aq.InstanceRecord]) -> list[dict[str, Any]]:
+    """The X-rays of a study, each with its newest AI SR (``kind == "ai-sr"``) when the archive has one."""
+    sr_by_image = {r.image_id: r for r in records if r.kind == "ai-sr"}  # creation order: newest wins
+    return [_image_entry(r, sr_by_image) for r in records if r.kind == "image"]
+
+
+def _date(study: Study) -> str:
+    return study.study_datetime.date().isoformat() if study.study_datetime else ""
+
+
+def viewer_state(db: Database, study_uid: str, user_id: int) -> dict[str, Any] | None:
+    """The page's data for the study ``study_uid``, or ``None`` when covidet holds no X-ray of it."""
+    with db.session() as session:
+        found = session.execute(
+            select(Study, Patient)
+            .join(Patient, Study.patient_id == Patient.id)
+            .where(Study.study_instance_uid == study_uid)
+        ).first()
+        if found is None:
+            return None
+        study, patient = found
+        images = _images(aq.instances(session, study_uid=study_uid))
+        if not images:
+            return None
+        priors = []
+        others = session.scalars(
+            select(Study)
+            .where(Study.patient_id == patient.id, Study.id != study.id)
+            .order_by(Study.study_datetime.desc().nulls_last(), Study.id.desc())
+        ).all()
+        for other in others:
+            prior_images = _images(aq.instances(session, study_ids=[other.id]))
+            if prior_images:
+                priors.append(
+                    {
+                        "uid": other.study_instance_uid,
+                        "date": _date(other),
+                        "description": other.description or "",
+                        "images": prior_images,
+                    }
+                )
+            if len(priors) >= MAX_PRIORS:
+                break
+        draft_ids = {}
+        for image in images:
+            for review in rq.image_reviews(session, image["imageId"]):
+                if review.status == "draft" and review.reviewer_id == user_id:
+                    draft_ids[str(image["imageId"])] = review.id
+        return {
+            "patient": {"id": patient.id, "key": patient.patient_key, "name": patient.name or ""},
+            "study": {
+                "uid": study.study_instance_uid,
+                "id": study.id,
+                "date": _date(study),
+                "description": study.description or "",
+                "accession": study.accession_number or "",
+            },
+            "images": images,
+            "priors": priors,
+            "draftIds": draft_ids,
+        }
+
+
+async def viewer3d_page(request: Request) -> Response:
+    """The diagnostic viewer of one study (radiologists and admins; others get 403, strangers the
+    sign-in form)."""
+    from covidet.web.pages import PAGE_HEADERS, templates  # pages imports much; only when serving
+
+    db: Database = request.app.state.db
+    user: AuthenticatedUser | None = await get_optional_user(
+        request, db, None, request.cookies.get(SESSION_COOKIE)
+    )
+    if user is None:
+        return RedirectResponse(f"/login?next={quote(request.url.path, safe='')}", status_code=303)
+    base = {
+        "user": user,
+        "csrf_token": user.csrf_token if user.via == "session" else "",
+        "path": request.url.path,
+    }
+    headers = PAGE_HEADERS | {"Content-Security-Policy": _CSP}
+    if user.role not in _ALLOWED_ROLES:
+        logger.warning("viewer refused to %s (%s)", user.username, user.role)
+        message = f"The viewer needs the role admin or radiologist; you are {user.username} ({user.role})."
+        return templates.TemplateResponse(
+            request, "error.html", base | {"title": "Not allowed", "message": message}, 403, headers
+        )
+    study_uid = request.path_params["study_uid"]
+    state = None
+    if 0 < len(study_uid) <= _MAX_UID and all(c.isdigit() or c == "." for c in study_uid):
+        state = await run_in_threadpool(viewer_state, db, study_uid, user.id)
+    if state is None:
+        message = f"covidet holds no X-ray of the study {study_uid[:_MAX_UID]}."
+        return templates.TemplateResponse(
+            request, "error.html", base | {"title": "Not found", "message": message}, 404, headers
+        )
+    wanted = request.query_params.get("image", "")
+    ids = [image["imageId"] for image in state["images"]]
+    selected = ids.index(int(wanted)) if wanted.isdigit() and int(wanted) in ids else 0
+    await run_in_threadpool(
+        record_audit,
+        db,
+        request,
+        "read.study",
+        user=user,
+        object_type="study",
+        object_id=state["study"]["id"],
+        details={"via": "web-viewer", "patient_id": state["patient"]["id"], "image_ids": ids},
+    )
+    state |= {
+        "selected": selected,
+        "wadoRoot": DICOMWEB_ROOT,
+        "staticRoot": "/static/viewer/",
+        "labels": [label.value for label in Label],
+        "labelsByCode": {coding["code"]: label.value for label, coding in LABEL_CODES.items()},
+    }
+    bundle = BUNDLE_DIR / "viewer3d.js"
+    context = {"state": state, "bundle_ready": bundle.is_file()}
+    if bundle.is_file():
+        context["bundle_version"] = int(bundle.stat().st_mtime)
+    else:
+        logger.error("viewer bundle missing (%s): run `make viewer`", bundle)
+    return templates.TemplateResponse(request, "viewer3d.html", base | context, 200, headers)
+
+
+def routes() -> list[Route]:
+    """The viewer's route (HTML; not part of the OpenAPI document)."""
+    return [Route(VIEWER_PATH, viewer3d_page, methods=["GET"], name="web_viewer3d", include_in_schema=False)]
