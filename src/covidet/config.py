@@ -6,15 +6,17 @@ environment variables < command-line options (passed to :func:`get_settings` as 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -121,6 +123,27 @@ class Settings(BaseSettings):
         description="AE title -> the addresses or networks it may call from, e.g. "
         'COVIDET_DICOM_PEER_ADDRESSES=\'{"XRAY1": ["10.0.0.5", "10.1.0.0/24"]}\'; AE titles not listed '
         "may call from anywhere",
+    )
+    # DICOM Query/Retrieve SCP (docs/dicom.md "Query/Retrieve")
+    dicom_move_destinations: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="C-MOVE destinations: AE title -> host:port, e.g. "
+        "COVIDET_DICOM_MOVE_DESTINATIONS='VIEWER=127.0.0.1:11113,PACS=pacs.local:104' (or a JSON object, "
+        "or a TOML table); a C-MOVE to any other AE title is refused (0xA801)",
+    )
+    dicom_qr_max_matches: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="most C-FIND matches one query may return; a query matching more is refused "
+        "(0xA700) with an Error Comment asking for narrower keys",
+    )
+    dicom_qr_max_instances: int = Field(
+        10_000,
+        ge=1,
+        le=65_535,
+        description="most instances one C-GET or C-MOVE may send; a retrieve matching more is refused "
+        "(0xA702) before anything is sent",
     )
     max_image_bytes: int = Field(
         200 * 1024 * 1024, ge=1024, description="largest accepted image file or DICOM object, bytes"
@@ -237,6 +260,34 @@ class Settings(BaseSettings):
     pacs_host: str | None = Field(None, description="forward DICOM reports to this PACS host (C-STORE)")
     pacs_port: int = Field(104, ge=1, le=65535, description="PACS port")
     pacs_ae_title: str = Field("PACS", max_length=16, description="called AE title of the PACS")
+
+    @field_validator("dicom_move_destinations", mode="before")
+    @classmethod
+    def _parse_move_destinations(cls, value: Any) -> Any:
+        """``AE=host:port,AE2=host:port`` (or a JSON object, or a mapping) -> {AE: "host:port"}; every
+        entry checked here, so a typo stops the start instead of a C-MOVE."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                value = json.loads(text)
+            else:
+                value = dict(
+                    part.split("=", 1) if "=" in part else (part, "")
+                    for part in text.split(",")
+                    if part.strip()
+                )
+        if not isinstance(value, dict):
+            raise ValueError("dicom_move_destinations must be AE=host:port pairs separated by commas")
+        checked: dict[str, str] = {}
+        for ae_title, address in value.items():
+            ae, where = str(ae_title).strip(), str(address).strip()
+            host, _, port = where.rpartition(":")
+            if not ae or len(ae) > 16 or not ae.isascii() or "\\" in ae:
+                raise ValueError(f"move destination AE title {ae!r} must be 1-16 ASCII characters")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"move destination {ae}: {where!r} is not host:port")
+            checked[ae] = f"{host.strip('[]')}:{int(port)}"
+        return checked
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Settings:

@@ -8,14 +8,17 @@ WARNING in one line (AE title, peer address, reason) and is kept in ``rejected_m
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
 
 from covidet.ingest.dicom_checks import AssociationPolicy
 from covidet.ingest.service import ImageIngest
@@ -36,11 +39,12 @@ _DIAG_NO_REASON, _DIAG_CALLING_AE, _DIAG_CALLED_AE = 0x01, 0x03, 0x07
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """Who is on the other end of an accepted association."""
+    """Who is on the other end of an accepted association (``kind``: the device's kind)."""
 
     device_id: int
     ae_title: str
     address: str
+    kind: str = DeviceKind.MODALITY.value
 
 
 class PeerRegistry:
@@ -101,15 +105,19 @@ def handle_association_request(
     ae_title: str,
     peers: PeerRegistry,
     policy: AssociationPolicy | None = None,
+    kinds: Mapping[str, Sequence[PresentationContext] | None] | None = None,
 ) -> None:
-    """``EVT_REQUESTED`` handler: accept only the registered, active modalities calling ``ae_title``,
-    from their tied addresses, within the association limit (``policy``; see
+    """``EVT_REQUESTED`` handler: accept only the registered, active devices of the ``kinds`` calling
+    ``ae_title``, from their tied addresses, within the association limit (``policy``; see
     :mod:`covidet.ingest.dicom_checks`).
 
-    Runs before pynetdicom negotiates; a rejection sent here ends the association before any
-    presentation context is accepted.
+    ``kinds`` maps each device kind that may associate to the presentation contexts its
+    associations negotiate (``None``: the server's, i.e. the modalities' storage contexts); the
+    default admits modalities only. Runs before pynetdicom negotiates; a rejection sent here ends
+    the association before any presentation context is accepted.
     """
     policy = policy or AssociationPolicy()
+    kinds = kinds if kinds is not None else {DeviceKind.MODALITY.value: None}
     request = event.assoc.requestor.primitive
     calling = str(request.calling_ae_title or "").strip()
     called = str(request.called_ae_title or "").strip()
@@ -140,8 +148,9 @@ def handle_association_request(
             f"device registry unavailable ({exc.__class__.__name__}); from {address}",
         )
         return
-    if device_id is None or kind != DeviceKind.MODALITY.value:
-        what = "is not a registered active modality" if device_id is None else f"belongs to a {kind}"
+    if device_id is None or kind not in kinds:
+        allowed = " or ".join(kinds)
+        what = f"is not a registered active {allowed}" if device_id is None else f"belongs to a {kind}"
         _reject_association(
             event,
             ingest,
@@ -158,7 +167,7 @@ def handle_association_request(
     with peers.admission:
         refusal = policy.limit_refusal(event.assoc, peers.accepted())
         if refusal is None:
-            peers.add(event.assoc, Peer(device_id, calling, address))
+            peers.add(event.assoc, Peer(device_id, calling, address, str(kind)))
     if refusal is not None:
         _reject_association(
             event,
@@ -170,4 +179,6 @@ def handle_association_request(
             source=_SOURCE_PROVIDER_PRESENTATION,
         )
         return
-    logger.info("association from %s (%s, device #%d) accepted", calling, address, device_id)
+    if (contexts := kinds[str(kind)]) is not None:  # this kind's services, negotiated next
+        event.assoc.acceptor.supported_contexts = copy.deepcopy(list(contexts))
+    logger.info("association from %s (%s, %s #%d) accepted", calling, address, kind, device_id)

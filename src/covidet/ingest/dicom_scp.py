@@ -6,8 +6,9 @@ Contract, in the order a peer meets it:
    the association request must come within ``acse_timeout`` seconds, so silent connections (port
    scans, health checks) are dropped quickly and never hold an association place.
 1. **Association.** The called AE title must be the receiver's own (``Settings.ae_title``), and the
-   calling AE title must belong to an *active* device of kind *modality* in the database, calling
-   from an address tied to it if any, within the association limit (:mod:`.dicom_association`,
+   calling AE title must belong to an *active* device of kind *modality* (or *workstation*: it only
+   queries and retrieves, :mod:`.qr`) in the database, calling from an address tied to it if any,
+   within the association limit (:mod:`.dicom_association`,
    :mod:`.dicom_checks`). The device list is read for every association request, so a device
    registered (or deactivated) while the receiver runs takes effect at its next association.
    Anything else gets an A-ASSOCIATE-RJ, a one-line WARNING (AE title, peer address, reason) and a
@@ -53,6 +54,7 @@ from covidet.ingest.dicom_association import PeerRegistry, handle_association_re
 from covidet.ingest.dicom_checks import AssociationPolicy, parse_peer_networks
 from covidet.ingest.dicom_syntaxes import ACCEPTED_TRANSFER_SYNTAXES, VERIFICATION_SYNTAXES
 from covidet.ingest.dicom_tls import AssociationServer, server_ssl_context
+from covidet.ingest.qr import QueryRetrieve, qr_handlers, workstation_contexts
 from covidet.ingest.service import ACCEPTED_SOP_CLASSES, ImageIngest, IngestRejected
 from covidet.store.db import Database, database_unavailable
 
@@ -88,6 +90,8 @@ class StoreStatus(IntEnum):
 
     #: Stored durably and recorded (or already stored: a re-send of the same SOP Instance UID).
     SUCCESS = 0x0000
+    #: Refused: not authorised - the peer is a workstation (it queries and retrieves; only modalities send).
+    NOT_AUTHORISED = 0x0124
     #: Refused: out of resources - the object exceeds ``max_image_bytes`` or ``max_image_pixels``.
     OUT_OF_RESOURCES = 0xA700
     #: Refused: out of resources - the file or its database row could not be written (disk full,
@@ -152,6 +156,9 @@ def handle_store(event: Event, ingest: ImageIngest, peers: PeerRegistry) -> Data
     peer = peers.get(event.assoc)
     if peer is None:  # cannot happen for an association that passed handle_association_request
         return _status(StoreStatus.STORAGE_FAILURE, "association not registered")
+    if peer.kind != "modality":  # a workstation's storage contexts are for C-GET, covidet sending
+        logger.warning("C-STORE from %s (%s, %s) refused (0x0124)", peer.ae_title, peer.kind, peer.address)
+        return _status(StoreStatus.NOT_AUTHORISED, f"{peer.ae_title} is a {peer.kind}: only modalities send")
     data = event.encoded_dataset()  # preamble + file meta + data set exactly as sent
     request = event.request
     try:
@@ -216,11 +223,13 @@ class DicomReceiver:
         acse_timeout: float = 5.0,
         network_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        query_retrieve: QueryRetrieve | None = None,
     ) -> None:
         """``policy``: association limit and AE title -> address ties (:mod:`.dicom_checks`);
         ``acse_timeout``: seconds a new connection (or its TLS handshake) may take to send its
         association request; ``network_timeout``: seconds an association may stay silent;
-        ``ssl_context``: serve DICOM over TLS (:func:`.dicom_tls.server_ssl_context`)."""
+        ``ssl_context``: serve DICOM over TLS (:func:`.dicom_tls.server_ssl_context`);
+        ``query_retrieve``: the Q/R SCP's bounds and C-MOVE destinations (:mod:`.qr`; default: none)."""
         ae_title = ae_title.strip()
         if not ae_title or len(ae_title) > 16 or not ae_title.isascii() or "\\" in ae_title:
             raise ValueError(f"AE title {ae_title!r} must be 1-16 ASCII characters without backslash")
@@ -235,6 +244,10 @@ class DicomReceiver:
         self.ssl_context = ssl_context
         self._peers = PeerRegistry()
         self._server: AssociationServer | None = None
+        self.qr = query_retrieve or QueryRetrieve(db, ingest.store, ae_title=ae_title)
+        self.qr.on_connect = set_tcp_nodelay
+        # Device kind -> its associations' contexts: modalities store (the AE's), workstations query.
+        self._kinds = {"modality": None, "workstation": workstation_contexts()}
 
         ae = AE(ae_title=ae_title)
         ae.maximum_pdu_size = max_pdu
@@ -288,6 +301,9 @@ class DicomReceiver:
             acse_timeout=settings.dicom_acse_timeout,
             network_timeout=settings.dicom_network_timeout,
             ssl_context=context,
+            query_retrieve=QueryRetrieve.from_settings(
+                settings, db, ingest.store, ae_title=ae_title or settings.ae_title
+            ),
         )
 
     @property
@@ -303,10 +319,11 @@ class DicomReceiver:
             (
                 evt.EVT_REQUESTED,
                 handle_association_request,
-                [self.db, self.ingest, self.ae_title, self._peers, self.policy],
+                [self.db, self.ingest, self.ae_title, self._peers, self.policy, self._kinds],
             ),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [self.ingest, self._peers]),
+            *qr_handlers(self.qr, self._peers),
         ]
         server = self._ae.make_server(
             (self.host, self.port),

@@ -96,11 +96,13 @@ class Base(DeclarativeBase):
 
 
 class DeviceKind(StrEnum):
-    """What a device may do: send DICOM (modality), publish vitals (sensor), upload over HTTPS."""
+    """What a device may do: send DICOM (modality), publish vitals (sensor), upload over HTTPS, query and
+    retrieve over DICOM Q/R (workstation: PACS workstations and viewers; never sends images)."""
 
     MODALITY = "modality"
     SENSOR = "sensor"
     UPLOADER = "uploader"
+    WORKSTATION = "workstation"
 
 
 class ImageStatus(StrEnum):

@@ -102,13 +102,14 @@ def create_device(
     session: Session, name: str, kind: DeviceKind | str, *, ae_title: str | None = None
 ) -> DeviceCredentials:
     """Register a device. Every device gets an API key (HTTPS upload); sensors also get MQTT
-    credentials; modalities need an AE title (default: the name, upper-cased, at most 16 chars).
+    credentials; modalities and workstations need an AE title (default: the name, upper-cased, at most
+    16 chars).
 
     Raises:
         ValueError: unknown kind, bad AE title, or a name/AE title already registered.
     """
     kind = DeviceKind(kind)
-    if kind is DeviceKind.MODALITY and ae_title is None:
+    if kind in (DeviceKind.MODALITY, DeviceKind.WORKSTATION) and ae_title is None:
         ae_title = "".join(c for c in name.upper() if c.isascii() and c.isprintable() and c != "\\")[:16]
     if ae_title is not None:
         ae_title = ae_title.strip()
