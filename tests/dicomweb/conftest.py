@@ -124,3 +124,18 @@ def upload_uid(archive: Archive, data_root: Path) -> str:
 
     with archive.env.db.session() as session:
         return session.get(Study, accepted.study_id).study_instance_uid
+
+
+def multipart_parts(response: httpx.Response) -> list[tuple[str, bytes]]:
+    """(Content-Type, payload) of each part of a multipart/related answer, parsed strictly here."""
+    content_type = response.headers["content-type"]
+    assert content_type.startswith("multipart/related")
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip('"').encode()
+    body = response.content
+    assert body.endswith(b"--" + boundary + b"--\r\n")
+    found = []
+    for chunk in body.split(b"--" + boundary)[1:-1]:
+        head, _, payload = chunk[2:].partition(b"\r\n\r\n")
+        assert payload.endswith(b"\r\n")
+        found.append((head.decode().split(":", 1)[1].strip(), payload[:-2]))
+    return found

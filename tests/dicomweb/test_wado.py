@@ -20,21 +20,7 @@ from sqlalchemy import select
 
 from covidet.store.models import AuditEvent
 from tests.dicomweb.conftest import Archive
-
-
-def _parts(response: httpx.Response) -> list[tuple[str, bytes]]:
-    """(Content-Type, payload) of each part of a multipart/related answer, parsed strictly here."""
-    content_type = response.headers["content-type"]
-    assert content_type.startswith("multipart/related")
-    boundary = content_type.split("boundary=")[1].split(";")[0].strip('"').encode()
-    body = response.content
-    assert body.endswith(b"--" + boundary + b"--\r\n")
-    found = []
-    for chunk in body.split(b"--" + boundary)[1:-1]:
-        head, _, payload = chunk[2:].partition(b"\r\n\r\n")
-        assert payload.endswith(b"\r\n")
-        found.append((head.decode().split(":", 1)[1].strip(), payload[:-2]))
-    return found
+from tests.dicomweb.conftest import multipart_parts as _parts
 
 
 def test_instance_is_retrieved_as_stored(archive: Archive, rg1_dicom: Path) -> None:

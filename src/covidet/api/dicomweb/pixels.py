@@ -107,18 +107,26 @@ def _decoded(dataset: Dataset, count: int) -> np.ndarray:
     return array if count > 1 else array[np.newaxis, ...]
 
 
-def frames(dataset: Dataset, numbers: Sequence[int], transfer_syntax: str | None) -> list[tuple[str, bytes]]:
+def frames(
+    dataset: Dataset, numbers: Sequence[int], transfer_syntax: str | None, media_type: str | None = None
+) -> list[tuple[str, bytes]]:
     """``(part content type, bytes)`` of the frames ``numbers`` (1-based) of ``dataset``.
 
     ``transfer_syntax``: ``None`` or Explicit VR Little Endian for native samples, ``*`` for the
     stored encoding, or a specific compressed syntax (served only when it is the stored one).
+    ``media_type``: an image type the client asked for (``image/jpeg``, ...), served only when the
+    frames are stored in it; ``None`` for ``application/octet-stream``, which labels every part.
     """
     count = _check(dataset, numbers)
     stored = _syntax(dataset)
+    stored_media = COMPRESSED_MEDIA_TYPES.get(str(stored))
+    if media_type is not None and media_type != stored_media:
+        raise FrameError(
+            406, f"frames are stored as {stored}, not as {media_type}: ask for application/octet-stream"
+        )
     if stored.is_compressed and transfer_syntax in ("*", str(stored)):
-        media = COMPRESSED_MEDIA_TYPES.get(str(stored), NATIVE)
         encoded = list(generate_frames(dataset.PixelData, number_of_frames=count))
-        return [(f"{media}; transfer-syntax={stored}", encoded[n - 1]) for n in numbers]
+        return [(f"{media_type or NATIVE}; transfer-syntax={stored}", encoded[n - 1]) for n in numbers]
     if transfer_syntax not in (None, "*", ExplicitVRLittleEndian):
         raise FrameError(
             406,

@@ -207,17 +207,20 @@ def instance_metadata(
 # -------------------------------------------------------------------------------- frames, bulk data
 
 
-def _octet_syntax(accept: str | None) -> str | None:
-    """The transfer syntax asked for frames / bulk data: ``None`` (uncompressed), ``*`` or a UID."""
+def _octet_syntax(accept: str | None) -> tuple[str | None, str | None]:
+    """(transfer syntax, image media type) asked for frames / bulk data: syntax ``None``
+    (uncompressed), ``*`` or a UID; the media type only when the client asked for one (``image/jls``)."""
     for wanted in parse_accept(accept):
         if wanted.media_type == "multipart/related":
             kind = wanted.params.get("type", pixels.NATIVE).lower()
             if kind == pixels.NATIVE:
-                return wanted.params.get("transfer-syntax")
-            if kind in pixels.COMPRESSED_MEDIA_TYPES.values() or kind in ("image/*", "*/*"):
-                return wanted.params.get("transfer-syntax", "*")
+                return wanted.params.get("transfer-syntax"), None
+            if kind in pixels.COMPRESSED_MEDIA_TYPES.values():
+                return wanted.params.get("transfer-syntax", "*"), kind
+            if kind in ("image/*", "*/*"):
+                return wanted.params.get("transfer-syntax", "*"), None
         elif wanted.media_type in ("*/*", "multipart/*", pixels.NATIVE):
-            return wanted.params.get("transfer-syntax")
+            return wanted.params.get("transfer-syntax"), None
     raise not_acceptable(
         'frames and bulk data are served as multipart/related; type="application/octet-stream" '
         "(uncompressed), or with transfer-syntax=* as stored"
@@ -239,7 +242,7 @@ def _frame_numbers(text: str) -> list[int]:
 
 
 def _multipart(parts: list[tuple[str, bytes]]) -> Response:
-    body = MultipartBody(pixels.NATIVE)
+    body = MultipartBody(parts[0][0].split(";")[0] if parts else pixels.NATIVE)
     return Response(body.build(parts), media_type=body.content_type, headers=_PATIENT_DATA)
 
 
@@ -256,10 +259,10 @@ def retrieve_frames(
 ) -> Response:
     """Frames ``1,2,...`` of the instance: uncompressed little-endian samples by default."""
     numbers = _frame_numbers(frame_list)
-    syntax = _octet_syntax(request.headers.get("accept"))
+    syntax, media = _octet_syntax(request.headers.get("accept"))
     (record,) = find_instances(db, study, series, instance)
     try:
-        parts = pixels.frames(_with_pixels(db, store, record), numbers, syntax)
+        parts = pixels.frames(_with_pixels(db, store, record), numbers, syntax, media)
     except pixels.FrameError as exc:
         raise _frame_error(exc) from None
     audit_read(db, request, user, "dicomweb.frames", study_uids=[study], details={"frames": numbers})
@@ -279,12 +282,12 @@ def retrieve_bulkdata(
 ) -> Response:
     """A bulk data value named by its tag path in the metadata's BulkDataURI (``7FE00010`` is all
     frames, as for ``frames``)."""
-    syntax = _octet_syntax(request.headers.get("accept"))
+    syntax, media = _octet_syntax(request.headers.get("accept"))
     (record,) = find_instances(db, study, series, instance)
     dataset = _with_pixels(db, store, record)
     if path.strip("/").upper() == PIXEL_DATA_PATH:
         try:
-            parts = pixels.frames(dataset, list(range(1, pixels.frame_count(dataset) + 1)), syntax)
+            parts = pixels.frames(dataset, list(range(1, pixels.frame_count(dataset) + 1)), syntax, media)
         except pixels.FrameError as exc:
             raise _frame_error(exc) from None
     else:
