@@ -17,7 +17,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -54,11 +53,9 @@ from covidet.store.models import Image
 from covidet.web import close_event_streams
 from covidet.worker.events import InProcessEvents, RedisEvents
 from tests.servers import free_port
-from tests.web.browser import CHROMIUM_ARGS, chromium_path
+from tests.web.browser import CHROMIUM_ARGS, chromium_path, screenshot
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
-SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 PASSWORDS = {"admin": "admin-web-password", "rad": "radiologist-web-pw"}
 INGEST_USER, INGEST_PASSWORD = "covidet-ingest", "ingest-password-for-web-tests"
 #: Images the simulator sends before the browser opens; one more is pushed while it is open.
@@ -232,14 +229,6 @@ def sign_in(browser: Any, base_url: str, username: str, target: str = "/worklist
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(lambda url: url.endswith(target))
     return page
-
-
-def screenshot(page: Any, name: str, *, full_page: bool = False) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
-    if os.environ.get("COVIDET_UPDATE_SCREENSHOTS") == "1":  # refresh the README's pictures on purpose
-        shutil.copyfile(path, SCREENSHOTS / f"{name}.png")
 
 
 def worklist_rows(page: Any) -> list[dict[str, str]]:

@@ -22,7 +22,7 @@ import playwright.sync_api as playwright_api
 import pytest
 
 from tests.api.conftest import PASSWORDS, ApiEnv, serve
-from tests.web.browser import CHROMIUM_ARGS, chromium_path
+from tests.web.browser import CHROMIUM_ARGS, chromium_path, screenshot
 from tests.web.seed import Room, many_alerts, seed_room
 
 expect = playwright_api.expect
@@ -110,6 +110,7 @@ def test_worklist_by_study_fits_1440x900_with_many_alerts(
     expect(first).to_have_class(re.compile(r"\bis-alert\b"))
     page.reload()
     expect(page.locator("#worklist tbody tr").first).to_have_class(re.compile(r"\bis-alert\b"))
+    screenshot(page, "worklist-desktop")  # 1440x900, the alerts strip closed
     # The alerts are one compact strip: the first study stays above the fold, strip closed or open.
     strip = page.locator("#alerts")
     expect(strip.locator("summary")).to_contain_text("25 urgent alerts")
@@ -314,6 +315,7 @@ def test_phone_layout_390px(room: tuple[str, ApiEnv, Room], browser: Any) -> Non
     table = page.locator("#worklist").bounding_box()
     assert table is not None and table["width"] <= PHONE["width"], table
     expect(page.locator("#worklist tbody tr").first.locator("a.open")).to_be_in_viewport()
+    screenshot(page, "worklist-phone", full_page=True)
     page.context.close()
 
 
