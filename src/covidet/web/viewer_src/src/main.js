@@ -54,7 +54,7 @@ const TOOLS = [WindowLevelTool, PanTool, ZoomTool, MagnifyTool, ...MEASURE_TOOLS
 // The tools' own mouse buttons when they are not on the left button.
 const RESTING = {
   [PanTool.toolName]: [{ mouseButton: MouseBindings.Auxiliary }],
-  [ZoomTool.toolName]: [{ mouseButton: MouseBindings.Secondary }],
+  [ZoomTool.toolName]: [{ mouseButton: MouseBindings.Secondary }, { mouseButton: MouseBindings.Wheel }],
 };
 
 let engine;
