@@ -152,3 +152,39 @@ def test_signed_review_sr_is_kept_and_forwarded_to_the_pacs(env: Env, tmp_path: 
         assert orthanc.instance_count() == 1  # no PACS configured: kept only
     finally:
         orthanc.stop()
+
+
+def test_ai_sr_of_a_header_without_type_2_patient_attributes(env: Env, data_root: Path) -> None:  # noqa: F811
+    """The simulator's DX objects (like many converters') carry no PatientBirthDate, PatientSex or
+    ReferringPhysicianName: the SR must still be made (they are Type 2 in the SR, present and empty)."""
+    from datetime import UTC, datetime
+
+    from covidet.imaging.dicom_writer import dicom_bytes, xray_to_dicom
+    from covidet.store.models import FindingRecord, Inference
+
+    jpeg = next(iter(sorted((data_root / "images").rglob("*.jp*g"))))
+    dataset = xray_to_dicom(jpeg, patient_id="SIM-1", patient_name="SIMULATED^SIM-1")
+    assert "PatientBirthDate" not in dataset
+    accepted = env.ingest.accept(dicom_bytes(dataset), channel="dicom", device_id=None)
+    now = datetime.now(UTC)
+    with env.db.session(write=True) as session:
+        inference = Inference(
+            image_id=accepted.image_id,
+            model_name="covidet-frcnn-r101",
+            model_version="test-1",
+            status="succeeded",
+            attempts=1,
+            label="covid19",
+            probabilities={"covid19": 0.7, "pneumonia": 0.2, "normal": 0.1},
+            started_at=now,
+            finished_at=now,
+        )
+        inference.findings = [FindingRecord(label="covid19", score=0.7, x1=10, y1=10, x2=100, y2=120)]
+        session.add(inference)
+        session.get(Image, accepted.image_id).status = "analysed"
+    kept = archive_ai_sr(env.db, env.store, accepted.image_id)
+    assert kept is not None
+    with env.db.session() as session:
+        record = aq.instance_by_uid(session, kept.sop_instance_uid)
+    document = hd.sr.srread(DicomBytesIO(instance_part10(env.db, env.store, record)))
+    assert document.PatientID == "SIM-1" and document.PatientBirthDate == ""

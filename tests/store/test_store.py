@@ -6,11 +6,10 @@ import threading
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import inspect, select, text
-
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, select, text
 
 from covidet.store import Database, Device, Patient, VitalSignRecord, queries
 from covidet.store.db import alembic_config

@@ -23,6 +23,7 @@ The item-by-item template and the codes are in ``docs/dicom-sr.md``.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 from datetime import UTC, datetime
@@ -107,6 +108,20 @@ def ai_sr_uids(image_id: int, inference_id: int | str, uid_prefix: str = PYDICOM
     )
 
 
+#: Type 2 attributes of the Patient and General Study modules the SR copies from the X-ray's header.
+TYPE_2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
 def require_dicom_source(ctx: ReportContext, source: Dataset | None) -> Dataset:
     """The source header, checked to carry what an SR refers to.
 
@@ -121,6 +136,13 @@ def require_dicom_source(ctx: ReportContext, source: Dataset | None) -> Dataset:
     missing = [k for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID") if not source.get(k)]
     if missing:
         raise SourceNotDicom(f"the DICOM header of image {ctx.image_id} lacks {', '.join(missing)}")
+    absent = [k for k in TYPE_2_COPIED if k not in source]
+    if absent:
+        # The SR copies the Patient and General Study modules from its evidence, where these are Type 2
+        # (present, possibly empty); many senders (simulators, converters) leave them out altogether.
+        source = copy.copy(source)
+        for keyword in absent:
+            setattr(source, keyword, "")
     return source
 
 
