@@ -9,11 +9,13 @@ the worker writes it. Every request's audit rows are checked.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,6 +32,7 @@ from covidet.archive import instance_part10
 from covidet.config import Settings
 from covidet.ingest.dicom_scp import DicomReceiver
 from covidet.ingest.qr import QueryRetrieve
+from covidet.ingest.qr.keys import IdentifierError, date_range, parse_request
 from covidet.ingest.service import ImageIngest
 from covidet.ingest.storage import ImageStore
 from covidet.store import archive_queries as aq
@@ -394,6 +397,38 @@ def test_only_registered_workstations_may_query(archive: Archive, tmp_path: Path
     assert "Received Store Response (Unknown Status: 0x124)" in stored.stdout, stored.stdout  # not authorised
 
 
+def test_a_workstation_registered_with_the_cli_may_query(archive: Archive, tmp_path: Path) -> None:
+    """`covidet devices add NAME --kind workstation` (the operator's path), then findscu with its AE title."""
+    url = archive.db.engine.url.render_as_string(hide_password=False)
+    added = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "covidet.cli",
+            "devices",
+            "add",
+            "viewer-2",
+            "--kind",
+            "workstation",
+            "--ae-title",
+            "WS2",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COVIDET_DATABASE_URL": url, "COVIDET_HOME": str(tmp_path / "home")},
+        timeout=120,
+    )
+    assert added.returncode == 0, added.stderr
+    done, found = findscu(
+        archive,
+        tmp_path / "ws2",
+        "-S",
+        *keys(QueryRetrieveLevel="STUDY", StudyInstanceUID=RG1_STUDY),
+        aet="WS2",
+    )
+    assert done.returncode == 0 and [f.StudyInstanceUID for f in found] == [RG1_STUDY], done.stdout
+
+
 # ------------------------------------------------------------------------------------------- C-GET
 
 
@@ -542,3 +577,74 @@ def test_a_bad_move_destination_stops_the_start(value: str, monkeypatch: pytest.
     monkeypatch.setenv("COVIDET_DICOM_MOVE_DESTINATIONS", value)
     with pytest.raises(ValidationError, match="move destination"):
         Settings()
+
+
+def _identifier(**values: object) -> Dataset:
+    ds = Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("identifier", "root", "retrieve", "reason"),
+    [
+        (_identifier(), "study", False, "QueryRetrieveLevel '(none)'"),
+        (_identifier(QueryRetrieveLevel="FRAME"), "patient", False, "QueryRetrieveLevel 'FRAME'"),
+        (
+            _identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.*"),
+            "study",
+            False,
+            "UIDs, not wildcards",
+        ),
+        (_identifier(QueryRetrieveLevel="STUDY", StudyDate="20200230"), "study", False, "is not a date"),
+        (
+            _identifier(QueryRetrieveLevel="STUDY", StudyDate="20200301-20200101"),
+            "study",
+            False,
+            "ends before",
+        ),
+        (
+            _identifier(QueryRetrieveLevel="SERIES", StudyInstanceUID="1.2"),
+            "study",
+            True,
+            "needs SeriesInstanceUID",
+        ),
+        (_identifier(QueryRetrieveLevel="PATIENT", PatientID="P*"), "patient", True, "without wildcards"),
+        (_identifier(QueryRetrieveLevel="STUDY", PatientID=["A", "B"]), "study", False, "one value"),
+    ],
+)
+def test_identifiers_covidet_cannot_answer_are_refused_with_the_reason(
+    identifier: Dataset, root: str, retrieve: bool, reason: str
+) -> None:
+    with pytest.raises(IdentifierError, match=re.escape(reason)) as refused:
+        parse_request(identifier, root, retrieve=retrieve)
+    assert refused.value.status == 0xA900
+
+
+def test_date_ranges_and_keys_read_from_an_identifier() -> None:
+    assert date_range("20200105") == (date(2020, 1, 5), date(2020, 1, 5))
+    assert date_range("-20200105") == (None, date(2020, 1, 5))
+    assert date_range("20200105-") == (date(2020, 1, 5), None)
+    keys_read = parse_request(
+        _identifier(
+            QueryRetrieveLevel="series",
+            PatientName="DOE*",
+            StudyInstanceUID=["1.2.3", "1.2.4"],
+            ModalitiesInStudy=["CR", "SR"],
+            Modality="sr",
+            PatientBirthDate="19800101",
+            SeriesDescription="",
+        ),
+        "study",
+    )
+    assert (keys_read.level, keys_read.study.patient_name, keys_read.study.study_uids) == (
+        "SERIES",
+        "DOE*",
+        ("1.2.3", "1.2.4"),
+    )
+    assert (keys_read.modalities_in_study, keys_read.modality, keys_read.unsupported) == (
+        ("CR", "SR"),
+        "SR",
+        ("PatientBirthDate",),
+    )

@@ -30,7 +30,7 @@ def version() -> None:
 @devices_app.command("add")
 def devices_add(
     name: Annotated[str, typer.Argument(help="unique device name")],
-    kind: Annotated[str, typer.Option("--kind", help="modality | sensor | uploader")],
+    kind: Annotated[str, typer.Option("--kind", help="modality | sensor | uploader | workstation")],
     ae_title: Annotated[
         str | None, typer.Option("--ae-title", help="calling AE title of a modality (default: NAME)")
     ] = None,

@@ -23,8 +23,10 @@ __all__ = [
     "LEVELS",
     "PATIENT_ROOT",
     "STUDY_ROOT",
+    "UNIQUE_KEYS",
     "IdentifierError",
     "QueryKeys",
+    "date_range",
     "parse_request",
 ]
 
