@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ import httpx
 import playwright.sync_api as playwright_api
 import pytest
 
+from covidet.worker.events import InProcessEvents
 from tests.api.conftest import PASSWORDS, ApiEnv, serve
 from tests.web.browser import CHROMIUM_ARGS, chromium_path, screenshot
 from tests.web.seed import Room, many_alerts, seed_room
@@ -45,6 +47,8 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def room(sqlite_env: ApiEnv, data_root: Path) -> Iterator[tuple[str, ApiEnv, Room]]:
     seeded = seed_room(sqlite_env, data_root)
+    # The embedded deployment's event channel, so that open worklists update live.
+    sqlite_env.app.state.runtime = SimpleNamespace(events=InProcessEvents(), settings=sqlite_env.settings)
     with serve(sqlite_env.app) as base_url:
         yield base_url, sqlite_env, seeded
 
@@ -138,11 +142,15 @@ def test_worklist_by_study_fits_1440x900_with_many_alerts(
 def test_claim_being_read_by_and_next_case(room: tuple[str, ApiEnv, Room], browser: Any) -> None:
     base, _env, seeded = room
     rad = sign_in(browser, base, "rad")
+    rad2 = sign_in(browser, base, "rad2")
+    expect(rad2.locator("#live-status")).to_have_attribute("data-state", "connected", timeout=15_000)
+    rad2.evaluate("window.__stillTheSamePage = true")
     rad.locator(f'tr[data-study-id="{seeded.b}"]').get_by_role("button", name="Claim study of P-B").click()
     expect(rad.locator(f'tr[data-study-id="{seeded.b}"] .claimed.mine')).to_have_text("you are reading this")
-    rad2 = sign_in(browser, base, "rad2")
+    # rad2's open worklist shows it without a reload.
     row_b = rad2.locator(f'tr[data-study-id="{seeded.b}"]')
     expect(row_b.locator(".claimed.other")).to_have_text("being read by rad")
+    assert rad2.evaluate("window.__stillTheSamePage === true")
     expect(row_b.get_by_role("button", name="Claim study of P-B")).to_have_count(0)
     # "Next case" (the key n) claims and opens the most urgent study nobody reads: P-A's urgent image.
     rad2.keyboard.press("n")

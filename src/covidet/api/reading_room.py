@@ -11,7 +11,9 @@ says so wherever the score is shown.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -35,8 +37,11 @@ __all__ = [
     "StudyReviewPublic",
     "StudyWorklistPublic",
     "ai_score_help",
+    "announce",
     "study_public",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The name of the image-level score everywhere it is shown.
 AI_SCORE_NAME = "AI score"
@@ -45,6 +50,19 @@ BOX_SCORE_HELP = (
     "Box score: the detector's confidence in this one box (0-1). Not a calibrated probability; "
     "the image's AI score is derived from the box scores by the decision rule."
 )
+
+
+def announce(app: Any, event: dict[str, Any]) -> None:
+    """Publish a reading-room event (``claim``, ``reviewed``) on the runtime's event channel, so that
+    open worklists refresh (docs/web.md, live updates); nothing when the app has no runtime. Never
+    raises: the database holds the truth, a lost event only delays a refresh."""
+    runtime = getattr(app.state, "runtime", None)
+    if runtime is None:
+        return
+    try:
+        runtime.events.publish(event)
+    except Exception:  # publishers log their own failures; this guards any other
+        logger.exception("could not publish the %s event", event.get("type"))
 
 
 def ai_score_help(label: str | None, rule: str | None = None) -> str:

@@ -23,7 +23,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from covidet.api.auth import AuthenticatedUser, audit_in, record_audit
-from covidet.api.reading_room import AI_SCORE_NAME, StudyPublic, ai_score_help, study_public
+from covidet.api.reading_room import AI_SCORE_NAME, StudyPublic, ai_score_help, announce, study_public
 from covidet.store import reading_room as rr
 from covidet.store import review_queries as rq
 from covidet.store.db import Database
@@ -319,6 +319,8 @@ async def claim(request: Request) -> Response:
     if study_id is None:
         return _back(request, form, "No such study.")
     error = await run_in_threadpool(_claim, pages._db(request), request, guard, study_id)
+    if error is None:
+        announce(request.app, {"type": "claim", "study_id": study_id, "username": guard.username})
     return _back(request, form, error)
 
 
@@ -332,6 +334,8 @@ async def release(request: Request) -> Response:
     if study_id is None:
         return _back(request, form, "No such study.")
     error = await run_in_threadpool(_release, pages._db(request), request, guard, study_id)
+    if error is None:
+        announce(request.app, {"type": "claim", "study_id": study_id, "username": None})
     return _back(request, form, error)
 
 
@@ -340,6 +344,7 @@ def _next(db: Database, request: Request, user: AuthenticatedUser) -> int | None
         row = rr.next_study(session, user_id=user.id)
         if row is None:
             return None
+        announce(request.app, {"type": "claim", "study_id": row.study_id, "username": user.username})
         audit_in(
             session,
             request,

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from covidet import DISCLAIMER
 from covidet.api.auth import RadiologistUser, audit_in, record_audit
 from covidet.api.deps import DatabaseDep, SettingsDep, StoreDep
+from covidet.api.reading_room import announce
 from covidet.api.schemas import (
     AUTH_ERRORS,
     JSON_NUMBER,
@@ -325,6 +326,8 @@ def sign_review(
             },
         )
         answer = review_public(review)
+    # Open worklists refresh: the review state changed, and the study's claim may be released.
+    announce(request.app, {"type": "reviewed", "image_id": answer.image_id, "review_id": review_id})
     logger.info(
         "review %d of image %d signed by %s%s",
         review_id,

@@ -23,7 +23,13 @@ from pydantic import BaseModel
 from covidet import DISCLAIMER
 from covidet.api.auth import RadiologistUser, audit_in, record_audit
 from covidet.api.deps import DatabaseDep
-from covidet.api.reading_room import ClaimPublic, StudyPublic, StudyWorklistPublic, study_public
+from covidet.api.reading_room import (
+    ClaimPublic,
+    StudyPublic,
+    StudyWorklistPublic,
+    announce,
+    study_public,
+)
 from covidet.api.schemas import (
     AUTH_ERRORS,
     UNSAFE_ERRORS,
@@ -244,6 +250,7 @@ def claim_study(request: Request, study_id: IdPath, user: RadiologistUser, db: D
     with db.session(write=True) as session:
         claim = rr.claim_study(session, study_id, user_id=user.id)
         audit_in(session, request, "study.claim", user=user, object_type="study", object_id=study_id)
+    announce(request.app, {"type": "claim", "study_id": study_id, "username": claim.username})
     return ClaimPublic(user_id=claim.user_id, username=claim.username, claimed_at=claim.claimed_at)
 
 
@@ -267,6 +274,8 @@ def release_study(request: Request, study_id: IdPath, user: RadiologistUser, db:
                 object_id=study_id,
                 details={"holder": released.username},
             )
+    if released is not None:
+        announce(request.app, {"type": "claim", "study_id": study_id, "username": None})
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -288,5 +297,6 @@ def next_case(request: Request, user: RadiologistUser, db: DatabaseDep) -> NextC
             )
     if row is None:
         return NextCasePublic(study=None, image_id=None)
+    announce(request.app, {"type": "claim", "study_id": row.study_id, "username": user.username})
     study = study_public(row)
     return NextCasePublic(study=study, image_id=(study.unread_image_ids or [study.deciding_image_id])[0])

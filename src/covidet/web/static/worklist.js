@@ -197,7 +197,8 @@
       setStatus("reconnecting", "Live updates: reconnecting…");
     }
   };
-  ["analysed", "priority", "failed", "resync"].forEach(function (type) {
+  // "claim" (a study claimed or released) and "reviewed" (a review signed) come from the reading room.
+  ["analysed", "priority", "failed", "resync", "claim", "reviewed"].forEach(function (type) {
     source.addEventListener(type, schedule);
   });
   source.addEventListener("alert", function (message) {
