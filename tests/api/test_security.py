@@ -21,7 +21,13 @@ from tests.api.conftest import PASSWORDS, ApiEnv, dataset_jpegs, seed_image
 
 #: The only routes reachable without a user's credential (the upload takes a device key instead).
 PUBLIC = {("POST", "/api/v1/auth/token"), ("POST", "/api/v1/auth/login"), ("GET", "/api/v1/health")}
-DEVICE_ONLY = {("POST", "/api/v1/images")}
+#: Routes that take a device key: the upload, and STOW-RS (which also takes an admin's bearer token but
+#: never a session cookie, so it has no CSRF gate: docs/dicomweb.md).
+DEVICE_ONLY = {
+    ("POST", "/api/v1/images"),
+    ("POST", "/dicom-web/studies"),
+    ("POST", "/dicom-web/studies/{study}"),
+}
 ADMIN_TAGS = {"devices", "users", "audit"}
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 

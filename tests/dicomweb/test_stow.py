@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from covidet.store import queries
 from covidet.store.models import AuditEvent, RejectedMessage
-from tests.api.conftest import ApiEnv, make_env, serve
+from tests.api.conftest import PASSWORDS, ApiEnv, make_env, serve
 
 BOUNDARY = "covidet-test-boundary"
 STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -166,6 +166,13 @@ def test_who_may_store(served: Served, rg1_dicom: Path) -> None:
         sensor = post(served.device("sensor"))
         assert sensor.status_code == 403 and "sensor" in sensor.json()["detail"]
         assert post(served.tokens["admin"]).status_code == 200
+        # A browser session (even an admin's) is no STOW credential: no cookie-borne store, no CSRF.
+        signed_in = http.post(
+            f"{served.url}/api/v1/auth/login", data={"username": "admin", "password": PASSWORDS["admin"]}
+        )
+        assert signed_in.status_code == 200
+        csrf = {"X-CSRF-Token": signed_in.json()["csrf_token"]}
+        assert post(csrf).status_code == 401 and "covidet_session" in http.cookies
 
 
 def test_refused_bodies(served: Served, rg1_dicom: Path) -> None:
