@@ -1,5 +1,5 @@
 """Query functions of the reading room: the worklist by study, claims ("being read by") and the next
-case.
+case. Claims themselves are in :mod:`covidet.store.claims` (re-exported here).
 
 A study is one row: its images (a chest X-ray study often has a PA and a lateral view, or repeats),
 the most urgent priority among them and the reason that decided it, the accession number and
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, case, delete, exists, func, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, case, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from covidet.store import review_queries as rq
+from covidet.store.claims import ClaimInfo, claim_study, get_claim, release_claim, study_claims
 from covidet.store.models import (
     Alert,
     Image,
@@ -30,7 +30,6 @@ from covidet.store.models import (
     Study,
     StudyClaim,
     User,
-    utcnow,
 )
 
 __all__ = [
@@ -52,16 +51,6 @@ __all__ = [
 SORTS = ("priority", "waiting", "patient", "accession")
 _PRIORITY_NAMES = ("urgent", "high", "routine")
 _NONE_RANK = len(_PRIORITY_NAMES)
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimInfo:
-    """Who is reading a study, since when."""
-
-    study_id: int
-    user_id: int
-    username: str
-    claimed_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +224,7 @@ def study_rows(session: Session, study_ids: Sequence[int]) -> list[StudyRow]:
         .order_by(Alert.id.asc())
     ):
         alerts.setdefault(image_id, []).append(alert_id)
-    claims = _claims(session, list(study_ids))
+    claims = study_claims(session, list(study_ids))
     patients = {
         p.id: p
         for p in session.scalars(
@@ -319,69 +308,7 @@ def _image_reviews(session: Session, image_ids: Sequence[int]) -> dict[int, Imag
     }
 
 
-# -------------------------------------------------------------------------------------------- claims
-
-
-def _claims(session: Session, study_ids: Sequence[int]) -> dict[int, ClaimInfo]:
-    return {
-        claim.study_id: ClaimInfo(claim.study_id, claim.user_id, username, claim.claimed_at)
-        for claim, username in session.execute(
-            select(StudyClaim, User.username)
-            .join(User, StudyClaim.user_id == User.id)
-            .where(StudyClaim.study_id.in_(list(study_ids)))
-        )
-    }
-
-
-def get_claim(session: Session, study_id: int) -> ClaimInfo | None:
-    """Who reads the study now, or ``None``."""
-    return _claims(session, [study_id]).get(study_id)
-
-
-def claim_study(session: Session, study_id: int, *, user_id: int, now: datetime | None = None) -> ClaimInfo:
-    """Claim a study for ``user_id`` (idempotent for its holder).
-
-    Raises:
-        NotFound: no such study.
-        Conflict: another radiologist reads it (they or an admin must release it first).
-    """
-    if session.get(Study, study_id) is None:
-        raise rq.NotFound(f"no study with id {study_id}")
-    held = get_claim(session, study_id)
-    if held is None:
-        try:
-            with session.begin_nested():  # two claims at once: the unique study_id lets one through
-                session.add(StudyClaim(study_id=study_id, user_id=user_id, claimed_at=now or utcnow()))
-        except IntegrityError:
-            pass
-        held = get_claim(session, study_id)
-    assert held is not None
-    if held.user_id != user_id:
-        raise rq.Conflict(
-            f"study {study_id} is being read by {held.username} since "
-            f"{held.claimed_at.strftime('%Y-%m-%d %H:%M UTC')}"
-        )
-    return held
-
-
-def release_claim(session: Session, study_id: int, *, user_id: int, admin: bool = False) -> ClaimInfo | None:
-    """Release the claim of a study; returns the claim released (``None``: there was none).
-
-    Raises:
-        NotFound: no such study.
-        Forbidden: another radiologist's claim, and the caller is not an admin.
-    """
-    if session.get(Study, study_id) is None:
-        raise rq.NotFound(f"no study with id {study_id}")
-    held = get_claim(session, study_id)
-    if held is None:
-        return None
-    if held.user_id != user_id and not admin:
-        raise rq.Forbidden(
-            f"study {study_id} is being read by {held.username}: only they or an admin may release it"
-        )
-    session.execute(delete(StudyClaim).where(StudyClaim.study_id == study_id))
-    return held
+# ------------------------------------------------------------------------------------------ next case
 
 
 def next_study(session: Session, *, user_id: int, now: datetime | None = None) -> StudyRow | None:
