@@ -167,3 +167,27 @@ def test_a_second_signature_is_an_addendum_to_the_first(api_env: ApiEnv, data_ro
         }
         assert kinds[addendum["id"]] == ("addendum", report["id"])
         assert kinds[report["id"]] == ("report", None)
+
+
+def test_sex_and_age_come_from_the_dicom_header_where_known(
+    sqlite_env: ApiEnv, data_root: Path, rg1_dicom: Path
+) -> None:
+    """pydicom-data's RG1_UNCR.dcm says PatientSex F, born 1940-03-05, studied 2004-08-26: 64 years.
+    A JPEG upload says nothing: its row leaves both empty."""
+    accepted = sqlite_env.ingest.accept(
+        rg1_dicom.read_bytes(), channel="upload", device_id=None, source="test"
+    )
+    seed_room(sqlite_env, data_root)
+    with sqlite_env.client() as client:
+        rad = sqlite_env.token(client, "rad")
+        items = client.get(f"{API}/worklist/studies", headers=rad).json()["items"]
+        by_study = {item["study_id"]: item for item in items}
+        dicom = by_study[accepted.study_id]
+        assert (dicom["patient_sex"], dicom["patient_age"]) == ("F", "64 y")
+        others = [item for item in items if item["study_id"] != accepted.study_id]
+        assert others and all(i["patient_sex"] is None and i["patient_age"] is None for i in others)
+        page = client.get("/worklist", headers=rad)  # the page, as a script with a token reads it
+        assert (
+            page.status_code == 200
+            and '<span class="demographics" title="from the DICOM header">F, 64 y' in page.text
+        )

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from covidet import DISCLAIMER
+from covidet.api.demographics import Demographics, dicom_demographics
 from covidet.api.schemas import (
     AiPublic,
     PageMeta,
@@ -118,6 +119,8 @@ class StudyPublic(BaseModel):
     description: str | None
     study_datetime: datetime | None
     patient: PatientRef
+    patient_sex: str | None = Field(None, description="M, F or other, from the DICOM header; null if unknown")
+    patient_age: str | None = Field(None, description="e.g. '64 y', from the DICOM header; null if unknown")
     priority: str | None
     deciding_image_id: int
     reason: str | None = Field(description="the deciding reason (first reason of the deciding image)")
@@ -149,9 +152,23 @@ def _review_public(reviews: rr.ImageReviews) -> StudyReviewPublic:
     )
 
 
-def study_public(row: rr.StudyRow, *, now: datetime | None = None) -> StudyPublic:
-    """The public form of a :class:`covidet.store.reading_room.StudyRow` (the web app reuses it)."""
+def _demographics(row: rr.StudyRow, store: Any) -> Demographics:
+    """Sex and age from the first DICOM image of the study that states them."""
+    if store is None:
+        return Demographics()
+    for image in row.images:
+        found = dicom_demographics(store.path(image.path), image.media_type)
+        if found.sex or found.age:
+            return found
+    return Demographics()
+
+
+def study_public(row: rr.StudyRow, *, now: datetime | None = None, store: Any = None) -> StudyPublic:
+    """The public form of a :class:`covidet.store.reading_room.StudyRow` (the web app reuses it);
+    with the image ``store`` (:class:`covidet.ingest.storage.ImageStore`), the patient's sex and age
+    come from the DICOM header."""
     now = now or datetime.now(UTC)
+    demographics = _demographics(row, store)
     deciding = row.deciding
     vitals = vitals_public(row.vitals)
     unread = row.unread_images
@@ -162,6 +179,8 @@ def study_public(row: rr.StudyRow, *, now: datetime | None = None) -> StudyPubli
         description=row.description,
         study_datetime=row.study_datetime,
         patient=PatientRef(id=row.patient_id, patient_key=row.patient_key, name=row.patient_name),
+        patient_sex=demographics.sex,
+        patient_age=demographics.age,
         priority=row.priority,
         deciding_image_id=row.deciding_image_id,
         reason=deciding.reasons[0] if deciding.reasons else None,

@@ -80,6 +80,8 @@ class StudyImage:
     status: str
     priority: str | None
     modality: str | None
+    media_type: str
+    path: str  # relative to the image store
     reasons: list[str]
     ai: rq.AiSummary | None
     reviews: ImageReviews
@@ -245,6 +247,8 @@ def study_rows(session: Session, study_ids: Sequence[int]) -> list[StudyRow]:
                 status=i.status,
                 priority=i.priority,
                 modality=i.modality,
+                media_type=i.media_type,
+                path=i.path,
                 reasons=reasons.get(i.id, []),
                 ai=ai.get(i.id),
                 reviews=reviews.get(i.id, ImageReviews()),

@@ -146,7 +146,9 @@ class StudyFilters:
         }
 
 
-def _view(db: Database, filters: StudyFilters) -> tuple[list[StudyPublic], int, list[dict[str, Any]], int]:
+def _view(
+    db: Database, filters: StudyFilters, store: Any
+) -> tuple[list[StudyPublic], int, list[dict[str, Any]], int]:
     with db.session() as session:
         rows, total = rr.study_worklist(
             session,
@@ -173,7 +175,7 @@ def _view(db: Database, filters: StudyFilters) -> tuple[list[StudyPublic], int, 
             }
             for alert, patient in alerts
         ]
-    return [study_public(row) for row in rows], total, alert_rows, alert_total
+    return [study_public(row, store=store) for row in rows], total, alert_rows, alert_total
 
 
 async def _worklist(request: Request, template: str) -> Response:
@@ -183,7 +185,8 @@ async def _worklist(request: Request, template: str) -> Response:
     user = guard
     filters = StudyFilters.from_query(request.query_params)
     db = pages._db(request)
-    items, total, alerts, alert_total = await run_in_threadpool(_view, db, filters)
+    store = request.app.state.ingest.store if getattr(request.app.state, "ingest", None) else None
+    items, total, alerts, alert_total = await run_in_threadpool(_view, db, filters, store)
     await run_in_threadpool(
         record_audit,
         db,

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from covidet import DISCLAIMER
 from covidet.api.auth import RadiologistUser, audit_in, record_audit
-from covidet.api.deps import DatabaseDep
+from covidet.api.deps import DatabaseDep, StoreDep
 from covidet.api.reading_room import (
     ClaimPublic,
     StudyPublic,
@@ -194,6 +194,7 @@ def get_study_worklist(
     request: Request,
     user: RadiologistUser,
     db: DatabaseDep,
+    store: StoreDep,
     priority: Annotated[
         list[PriorityFilter] | None, Query(max_length=4, description="the study's priority; repeatable")
     ] = None,
@@ -225,7 +226,7 @@ def get_study_worklist(
             limit=limit,
             offset=offset,
         )
-    items = [study_public(row) for row in rows]
+    items = [study_public(row, store=store) for row in rows]
     record_audit(
         db,
         request,
