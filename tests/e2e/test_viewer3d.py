@@ -28,7 +28,7 @@ import numpy as np
 import playwright.sync_api as playwright_api
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import JPEG2000Lossless, generate_uid
 from sqlalchemy import func, select
 
 from covidet.api import create_app
@@ -64,9 +64,12 @@ def require_bundle() -> None:
         pytest.fail(f"the viewer bundle {BUNDLE_DIR}/viewer3d.js is missing: run `make viewer`")
 
 
-def storescu(port: int, aet: str, *files: Path) -> None:
+def storescu(port: int, aet: str, *files: Path, options: tuple[str, ...] = ()) -> None:
+    """Send ``files`` with dcmtk's storescu in one association (``options``: e.g. the transfer syntax
+    to propose)."""
     done = subprocess.run(
-        [dcmtk("storescu"), "-aet", aet, "-aec", "COVIDET", "127.0.0.1", str(port), *map(str, files)],
+        [dcmtk("storescu"), *options, "-aet", aet, "-aec", "COVIDET", "127.0.0.1", str(port)]
+        + [str(f) for f in files],
         capture_output=True,
         text=True,
         env=dcmtk_env(),
@@ -98,6 +101,9 @@ def viewer_deployment(
     prior.SeriesInstanceUID = generate_uid()
     prior.SOPInstanceUID = prior.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     prior.StudyDate = "20030101"
+    # Stored JPEG 2000 (lossless): WADO-RS serves its frames as stored to Cornerstone's Accept
+    # (transfer-syntax=*), so the browser decodes them with the bundle's OpenJPEG WebAssembly codec.
+    prior.compress(JPEG2000Lossless)
     prior_path = tmp / "prior.dcm"
     prior.save_as(prior_path)
 
@@ -109,7 +115,8 @@ def viewer_deployment(
         app.state.runtime = services.runtime
         db = services.runtime.db
         with serve(app) as (base_url, _server):
-            storescu(dicom_port, accounts.modality_ae, prior_path, rg1_dicom)
+            storescu(dicom_port, accounts.modality_ae, prior_path, options=("-xv",))  # JPEG 2000 lossless
+            storescu(dicom_port, accounts.modality_ae, rg1_dicom)
 
             def analysed_with_sr() -> bool:
                 with db.session() as session:
@@ -168,20 +175,21 @@ def viewer(viewer_deployment: ViewerDeployment, browser: Any) -> Iterator[Any]:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def centre_grey(page: Any) -> float:
-    """The grey level (0-255) at the centre of the main viewport's canvas, a 3x3 mean, after the next
+def centre_grey(page: Any, viewport: str = "#vp-main") -> float:
+    """The grey level (0-255) at the centre of a viewport's canvas, a 3x3 mean, after the next
     rendered frame."""
     page.wait_for_timeout(50)  # the render is requested on an animation frame
     return page.evaluate(
-        """() => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(() => {
-            const canvas = document.querySelector('#vp-main canvas');
+        """(selector) => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(() => {
+            const canvas = document.querySelector(selector + ' canvas');
             const ctx = canvas.getContext('2d', { willReadFrequently: true });
             const x = Math.floor(canvas.width / 2) - 1, y = Math.floor(canvas.height / 2) - 1;
             const data = ctx.getImageData(x, y, 3, 3).data;
             let sum = 0;
             for (let i = 0; i < data.length; i += 4) sum += data[i];
             resolve(sum / 9);
-        })))"""
+        })))""",
+        viewport,
     )
 
 
@@ -219,15 +227,20 @@ def drag(page: Any, start: tuple[float, float], end: tuple[float, float]) -> Non
 # -------------------------------------------------------------------------------------------- tests
 
 
+def centre_value(deployment: ViewerDeployment) -> float:
+    """The stored value at the centre of the X-ray (median of the central 6x6 pixels)."""
+    rows, columns = deployment.stored.shape
+    patch = deployment.stored[rows // 2 - 3 : rows // 2 + 3, columns // 2 - 3 : columns // 2 + 3]
+    return float(np.median(patch))
+
+
 def test_native_bit_depth_windowing_follows_the_voi_lut(
     viewer: Any, viewer_deployment: ViewerDeployment
 ) -> None:
     """The centre of the fitted image is the centre of the X-ray: its stored value there, through the
     linear VOI LUT and MONOCHROME1's inversion, is what the canvas shows, for three windows of the
     15-bit values (an 8-bit rendition could not follow a 1000-wide window around a value of ~3400)."""
-    rows, columns = viewer_deployment.stored.shape
-    patch = viewer_deployment.stored[rows // 2 - 3 : rows // 2 + 3, columns // 2 - 3 : columns // 2 + 3]
-    value = float(np.median(patch))
+    value = centre_value(viewer_deployment)
     width = 1000.0
     greys = {}
     for offset in (-300.0, 0.0, 300.0):
@@ -311,8 +324,10 @@ def test_rectangle_saved_as_review_add_action(viewer: Any, viewer_deployment: Vi
     viewer.check('input[name="tool"][value="WindowLevel"]')
 
 
-def test_prior_side_by_side_with_linked_zoom(viewer: Any) -> None:
-    viewer.click("#reset")  # the header's window, fitted
+def test_prior_side_by_side_with_linked_zoom(viewer: Any, viewer_deployment: ViewerDeployment) -> None:
+    """The prior (stored as JPEG 2000, decoded by the bundle's WebAssembly codec) opens beside the
+    image; zooming the image zooms the prior alike."""
+    viewer.click("#reset")  # the header's window (W30000 L15000), fitted, MONOCHROME1 still inverted
     buttons = viewer.locator("#priors .prior-button")
     playwright_api.expect(buttons).to_have_count(1)
     playwright_api.expect(buttons.first).to_contain_text("2003-01-01")
@@ -321,6 +336,10 @@ def test_prior_side_by_side_with_linked_zoom(viewer: Any) -> None:
         "data-state", "ready", timeout=60_000
     )
     main, prior = viewer.locator("#vp-main"), viewer.locator("#vp-prior")
+    assert abs(centre_grey(viewer) - monochrome1_grey(centre_value(viewer_deployment), 30000, 15000)) <= 25
+    # The prior holds the same pixels, stored as JPEG 2000 and decoded in the browser: at the same
+    # (header) window and fit, its centre shows the same grey as the current image's.
+    assert abs(centre_grey(viewer, "#vp-prior") - centre_grey(viewer)) <= 3
     viewer.locator(".v3-layout").scroll_into_view_if_needed()
     screenshot(viewer, "viewer3d")  # docs/screenshots/viewer3d.png with COVIDET_UPDATE_SCREENSHOTS=1
     before = float(main.get_attribute("data-zoom") or "1")

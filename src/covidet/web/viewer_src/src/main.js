@@ -161,6 +161,12 @@ async function showImage(index) {
   const bitsStored = pixel.bitsStored || value(instance, "00280101") || 8;
   if (current && current.overlay) current.overlay.svg.remove();
   current = { image, imageId, instance, bitsStored, overlay: new FindingsOverlay(viewport, imageId) };
+  // What Reset comes back to: the header's window and the photometric's inversion (MONOCHROME1
+  // starts inverted). Cornerstone's own resetProperties (5.14, GPU path) restores the transfer
+  // function of before the inversion while keeping invert on, so a MONOCHROME1 image came back
+  // un-inverted: the viewer keeps its own initial state instead.
+  const initial = viewport.getProperties();
+  current.initial = { voiRange: { ...initial.voiRange }, invert: Boolean(initial.invert) };
   viewport.render();
   renderTags($("tags"), $("tags-filter"), instance);
   describeImage(instance, pixel, bitsStored);
@@ -288,7 +294,7 @@ function wireView() {
   $("reset").addEventListener("click", () => {
     const vp = viewport();
     vp.resetCamera();
-    vp.resetProperties();
+    vp.setProperties({ voiRange: { ...current.initial.voiRange }, invert: current.initial.invert });
     vp.render();
     showWindow();
   });
