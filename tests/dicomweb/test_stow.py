@@ -214,3 +214,18 @@ def test_refused_bodies(served: Served, rg1_dicom: Path) -> None:
         assert (
             session.execute(select(AuditEvent).where(AuditEvent.action == "dicomweb.store")).first() is None
         )
+
+
+def test_oversized_and_foreign_parts_fail_one_by_one(served: Served, rg1_dicom: Path) -> None:
+    plain = _copy(rg1_dicom)
+    padding = MAX_IMAGE_BYTES + 1000 - len(plain)  # past the limit of one instance, not of the body
+    oversized = plain + b"\0" * padding
+    headers = {"Content-Type": STOW_TYPE, **served.device("uploader")}
+    with httpx.Client(base_url=f"{served.url}/dicom-web", headers=headers, timeout=60) as http:
+        big = http.post("/studies", content=_body(oversized))
+        text = http.post("/studies", content=_body(b"hello", part_type="text/plain"))
+    assert big.status_code == 409, big.text
+    assert Dataset.from_json(big.json()).FailedSOPSequence[0].FailureReason == 0xA700
+    assert text.status_code == 409
+    (failed,) = Dataset.from_json(text.json()).FailedSOPSequence
+    assert failed.FailureReason == 0xC000 and failed.ReferencedSOPInstanceUID == ""

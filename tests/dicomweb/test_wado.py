@@ -18,7 +18,9 @@ from pydicom.filebase import DicomBytesIO
 from requests import HTTPError
 from sqlalchemy import select
 
-from covidet.store.models import AuditEvent
+from covidet.archive import archive_review_sr
+from covidet.store import review_queries as rq
+from covidet.store.models import AuditEvent, Image
 from tests.dicomweb.conftest import Archive
 from tests.dicomweb.conftest import multipart_parts as _parts
 
@@ -160,3 +162,29 @@ def test_reads_need_a_radiologist_or_admin_and_are_audited(archive: Archive) -> 
         ("dicomweb.frames", "rad", archive.study_uid),
     ]
     assert events[1].details["study_uids"] == [archive.study_uid]
+
+
+def test_signed_review_sr_is_retrieved_beside_the_ai_sr(archive: Archive) -> None:
+    with archive.env.db.session(write=True) as session:
+        image_id = session.scalar(select(Image.id).where(Image.sop_instance_uid == archive.sop_uid))
+        review = rq.create_review(
+            session,
+            image_id=image_id,
+            reviewer_id=archive.env.users["rad"],
+            label="covid19",
+            comment="Agree.",
+            actions=[],
+        )
+        rq.sign_review(session, review.id, reviewer_id=archive.env.users["rad"])
+        review_id = review.id
+    kept = archive_review_sr(archive.env.db, archive.env.store, review_id)
+    assert kept is not None
+    client = archive.client()
+    modalities = sorted(s["00080060"]["Value"][0] for s in client.search_for_series(archive.study_uid))
+    assert modalities == ["CR", "SR", "SR"]
+    (dataset,) = client.retrieve_series(archive.study_uid, kept.series_instance_uid)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    document = hd.sr.srread(DicomBytesIO(buffer.getvalue()))
+    assert document.SOPInstanceUID == kept.sop_instance_uid
+    assert document.CompletionFlag == "COMPLETE" and document.VerificationFlag == "VERIFIED"

@@ -155,8 +155,8 @@ def render(
 ) -> bytes:
     """Frame ``number`` as an 8-bit PNG or JPEG (PS3.18 8.3.5): grey levels by ``window`` (linear, on
     modality values) or else the instance's own VOI (window or VOI LUT, as covidet's viewer shows it),
-    MONOCHROME1 inverted; colour frames as decoded. ``viewport`` (width, height) scales the picture to
-    fit it, aspect ratio kept."""
+    MONOCHROME1 inverted; colour frames as decoded. ``viewport`` (width, height) shrinks the picture
+    to fit it, aspect ratio kept (a larger viewport leaves the frame's own size)."""
     count = _check(dataset, [number])
     frame = _decoded(dataset, count)[number - 1]
     if frame.ndim == 3:  # colour: shown as decoded, scaled to 8 bits
@@ -173,7 +173,9 @@ def render(
             grey = 1.0 - grey
         picture = PILImage.fromarray(_to_uint8(grey))
     if viewport is not None:
-        scale = min(viewport[0] / picture.width, viewport[1] / picture.height)
+        # Shrink to fit, never enlarge: a bigger picture than the frame holds no more information,
+        # and an 8192-pixel upscale would cost the server seconds of CPU for nothing.
+        scale = min(1.0, viewport[0] / picture.width, viewport[1] / picture.height)
         size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
         picture = picture.resize(size, PILImage.Resampling.LANCZOS)
     buffer = io.BytesIO()
