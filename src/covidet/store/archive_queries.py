@@ -32,6 +32,7 @@ __all__ = [
     "StudyQuery",
     "StudyRecord",
     "add_dicom_object",
+    "count_studies",
     "dicom_like",
     "image_series_uid",
     "images_without_series_uid",
@@ -230,12 +231,9 @@ def series_of_studies(session: Session, study_ids: Iterable[int]) -> list[Series
     ]
 
 
-def search_studies(
-    session: Session, query: StudyQuery, *, limit: int | None = None, offset: int = 0
-) -> list[StudyRecord]:
-    """The studies matching ``query``, newest first (study date, then arrival), after ``offset``, at
-    most ``limit`` of them. Only studies that hold at least one instance are returned."""
-    statement = select(Study, Patient).join(Patient, Study.patient_id == Patient.id)
+def _where_study_matches(statement: Select, query: StudyQuery) -> Select:  # type: ignore[type-arg]
+    """``statement`` (over Study joined with Patient) narrowed by the SQL-level keys of ``query``
+    (all but ``modality``)."""
     for condition in (
         _match(Patient.patient_key, query.patient_id),
         _match(Patient.name, query.patient_name, fold_case=True),
@@ -254,6 +252,34 @@ def search_studies(
         statement = statement.where(
             Study.study_datetime <= datetime.combine(query.date_to, time.max, tzinfo=UTC)
         )
+    return statement
+
+
+def count_studies(session: Session, query: StudyQuery) -> tuple[int, int]:
+    """(studies, distinct patients) matching ``query``'s SQL-level keys (all but ``modality``) that
+    hold at least one X-ray, counted in the database without loading them: an upper bound of what
+    :func:`search_studies` returns, exact when ``query.modality`` is ``None``. Every such study has
+    at least one series, so it is also a lower bound of the series below them (Q/R refuses an
+    over-broad query with it before loading anything)."""
+    held = select(Image.id).where(Image.study_id == Study.id).exists()
+    statement = _where_study_matches(
+        select(func.count(Study.id), func.count(func.distinct(Patient.id))).join(
+            Patient, Study.patient_id == Patient.id
+        ),
+        query,
+    ).where(held)
+    studies, patients = session.execute(statement).one()
+    return int(studies), int(patients)
+
+
+def search_studies(
+    session: Session, query: StudyQuery, *, limit: int | None = None, offset: int = 0
+) -> list[StudyRecord]:
+    """The studies matching ``query``, newest first (study date, then arrival), after ``offset``, at
+    most ``limit`` of them. Only studies that hold at least one instance are returned."""
+    statement = _where_study_matches(
+        select(Study, Patient).join(Patient, Study.patient_id == Patient.id), query
+    )
     statement = statement.order_by(Study.study_datetime.desc().nulls_last(), Study.id.desc())
     rows = list(session.execute(statement))
     series = series_of_studies(session, [study.id for study, _ in rows])

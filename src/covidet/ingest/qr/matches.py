@@ -22,6 +22,7 @@ from covidet.store.archive_queries import (
     InstanceRecord,
     SeriesRecord,
     StudyRecord,
+    count_studies,
     instances,
     search_studies,
     series_of_studies,
@@ -78,9 +79,22 @@ def _check(found: list[Any], level: str, limit: int | None) -> None:
         raise TooManyMatches(level, limit)
 
 
+def _narrowed_below_studies(keys: QueryKeys) -> bool:
+    """Whether a key filters after the study search (then the study count bounds nothing): every
+    study :func:`count_studies` counts holds an instance, so has at least one series and instance."""
+    series_keys = keys.level in ("SERIES", "IMAGE") and (keys.series_uids or keys.modality)
+    image_keys = keys.level == "IMAGE" and (keys.sop_uids or keys.sop_class_uid)
+    return bool(keys.modalities_in_study or series_keys or image_keys)
+
+
 def find_matches(session: Session, keys: QueryKeys, *, limit: int | None = None) -> list[Match]:
     """The patients, studies, series or instances (by ``keys.level``) matching ``keys``, newest study
-    first. Raises :class:`TooManyMatches` when there are more than ``limit``."""
+    first. Raises :class:`TooManyMatches` when there are more than ``limit``, counted in the database
+    before anything is loaded when no key narrows the matches below the studies."""
+    if limit is not None and not _narrowed_below_studies(keys):
+        studies_held, patients_held = count_studies(session, keys.study)
+        if (patients_held if keys.level == "PATIENT" else studies_held) > limit:
+            raise TooManyMatches(keys.level, limit)
     studies = search_studies(session, keys.study)
     if keys.modalities_in_study:
         wanted = set(keys.modalities_in_study)
