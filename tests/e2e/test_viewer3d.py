@@ -57,6 +57,7 @@ class ViewerDeployment:
     prior_study_uid: str
     image_id: int
     stored: np.ndarray  # the X-ray's stored values (rows, columns)
+    eight_bit_study_uid: str  # another patient's 8-bit X-ray
 
 
 def require_bundle() -> None:
@@ -106,6 +107,18 @@ def viewer_deployment(
     prior.compress(JPEG2000Lossless)
     prior_path = tmp / "prior.dcm"
     prior.save_as(prior_path)
+    # Another patient's 8-bit X-ray (RG1's values scaled to 0..255, MONOCHROME2): the presets' 8-bit case.
+    eight = pydicom.dcmread(rg1_dicom)
+    scaled = (eight.pixel_array.astype(np.float64) * 255 / int(eight.pixel_array.max())).round()
+    eight.PixelData = (255 - scaled).astype(np.uint8).tobytes()  # MONOCHROME1 -> MONOCHROME2
+    eight.BitsAllocated, eight.BitsStored, eight.HighBit = 8, 8, 7
+    eight.PhotometricInterpretation = "MONOCHROME2"
+    eight.WindowCenter, eight.WindowWidth = 128, 256
+    eight.PatientID = "EIGHT-BIT-1"
+    eight.StudyInstanceUID, eight.SeriesInstanceUID = generate_uid(), generate_uid()
+    eight.SOPInstanceUID = eight.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    eight_path = tmp / "eight.dcm"
+    eight.save_as(eight_path)
 
     settings = Settings(home=tmp / "home", database_url=url)
     dicom_port = free_port()
@@ -116,7 +129,7 @@ def viewer_deployment(
         db = services.runtime.db
         with serve(app) as (base_url, _server):
             storescu(dicom_port, accounts.modality_ae, prior_path, options=("-xv",))  # JPEG 2000 lossless
-            storescu(dicom_port, accounts.modality_ae, rg1_dicom)
+            storescu(dicom_port, accounts.modality_ae, rg1_dicom, eight_path)
 
             def analysed_with_sr() -> bool:
                 with db.session() as session:
@@ -126,9 +139,9 @@ def viewer_deployment(
                     srs = session.scalar(
                         select(func.count()).select_from(DicomObject).where(DicomObject.kind == "ai-sr")
                     )
-                return done == 2 and srs == 2
+                return done == 3 and srs == 3
 
-            wait_until(analysed_with_sr, 300, "the two X-rays were not analysed with their AI SRs")
+            wait_until(analysed_with_sr, 300, "the three X-rays were not analysed with their AI SRs")
             with db.session() as session:
                 image_id = session.scalar(
                     select(Image.id).where(Image.sop_instance_uid == current.SOPInstanceUID)
@@ -142,6 +155,7 @@ def viewer_deployment(
                 prior.StudyInstanceUID,
                 image_id,
                 current.pixel_array,
+                eight.StudyInstanceUID,
             )
     finally:
         services.stop()
@@ -359,6 +373,28 @@ def test_review_page_links_to_the_viewer(viewer: Any, viewer_deployment: ViewerD
     playwright_api.expect(viewer.locator("#viewer-status")).to_have_attribute(
         "data-state", "ready", timeout=60_000
     )
+    assert not viewer.errors, viewer.errors
+
+
+def test_presets_of_an_8_bit_image_are_scaled_and_said_so(
+    viewer: Any, viewer_deployment: ViewerDeployment
+) -> None:
+    """The CT presets mean nothing to 0..255 values: for an 8-bit image they are scaled from
+    -1024..3071 onto 0..256 (lung W1500 L-600 -> W93.75 L26.5), and the page says so; for the 15-bit
+    image they apply as they are."""
+    viewer.click("#preset-lung")
+    playwright_api.expect(viewer.locator("#ww")).to_have_value("1500")
+    playwright_api.expect(viewer.locator("#wc")).to_have_value("-600")
+    playwright_api.expect(viewer.locator("#preset-note")).to_contain_text("modality units")
+    viewer.goto(f"/viewer/studies/{viewer_deployment.eight_bit_study_uid}")
+    playwright_api.expect(viewer.locator("#viewer-status")).to_have_attribute(
+        "data-state", "ready", timeout=60_000
+    )
+    playwright_api.expect(viewer.locator("#fact-bits")).to_have_text("8 of 8")
+    playwright_api.expect(viewer.locator("#preset-note")).to_contain_text("8-bit image")
+    viewer.click("#preset-lung")
+    playwright_api.expect(viewer.locator("#ww")).to_have_value("94")
+    playwright_api.expect(viewer.locator("#wc")).to_have_value("27")
     assert not viewer.errors, viewer.errors
 
 
