@@ -29,7 +29,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 from sqlalchemy import event as sa_event
 from sqlalchemy import select
 
-from covidet.archive import instance_part10
+from covidet.archive import archive_ai_sr, instance_part10
 from covidet.config import Settings
 from covidet.ingest.dicom_scp import DicomReceiver
 from covidet.ingest.qr import QueryRetrieve
@@ -42,7 +42,7 @@ from covidet.store import queries
 from covidet.store.db import Database
 from covidet.store.models import AuditEvent, Image, Patient, RejectedMessage, Study
 from covidet.worker.queue import InProcessQueue
-from tests.dicomweb.conftest import analyse
+from tests.api.conftest import seed_image
 from tests.ingest.conftest import MODALITY_AE, dcmtk, dcmtk_env, encode_file, storescu
 from tests.reports.test_dicom_sr import _analysed_png
 from tests.servers import free_port, wait_for_port
@@ -50,6 +50,7 @@ from tests.servers import free_port, wait_for_port
 WORKSTATION_AE = "WS1"
 RG1_STUDY = "1.3.6.1.4.1.5962.1.2.9.20040826185059.5457"
 RG1_SERIES = "1.3.6.1.4.1.5962.1.3.9.1.20040826185059.5457"
+FINDINGS = (("covid19", 0.91, (300.0, 400.0, 900.0, 1200.5)),)  # the AI result's box on RG1
 
 
 @dataclass
@@ -90,11 +91,12 @@ def _start(tmp_path: Path, url: str, rg1_dicom: Path, **qr_options: object) -> I
     store = ImageStore(tmp_path / "store")
     queue = InProcessQueue()
     ingest = ImageIngest(db, store, queue, max_bytes=200 * 1024 * 1024, max_pixels=50_000_000)
-    # The AI result written as the worker writes it, its SR kept as the analysis keeps it; the PNG
-    # upload with its AI result: the helpers of the DICOMweb and SR tests (they use db, store, ingest).
+    # RG1 accepted through the real ingest with an AI result written as the worker writes it, its SR
+    # kept as the analysis keeps it; the PNG upload with its AI result: the helpers of the API and SR
+    # tests (they use db, store and ingest only).
     parts = SimpleNamespace(db=db, store=store, ingest=ingest)
-    xray = ingest.accept(rg1_dicom.read_bytes(), channel="dicom", device_id=None)
-    analyse(parts, xray.image_id)  # type: ignore[arg-type]
+    xray = seed_image(parts, rg1_dicom.read_bytes(), patient_key="9RG1", findings=FINDINGS)  # type: ignore[arg-type]
+    assert archive_ai_sr(db, store, xray.image_id) is not None
     doe = ingest.accept(
         _doe_copy(rg1_dicom, tmp_path / "doe.dcm").read_bytes(), channel="dicom", device_id=None
     )
@@ -320,7 +322,8 @@ def test_findscu_errors_warnings_limit_and_cancel(tmp_path: Path, rg1_dicom: Pat
         )
         assert "Pending: WarningUnsupportedOptionalKeys" in done.stdout, done.stdout
         assert [f.PatientID for f in found] == ["P-2"] and found[0].PatientBirthDate == ""
-        assert any(r.details.get("status") == "0xA700" for r in audit_rows(archive, "dicom.find"))
+        statuses = [r.details.get("status") for r in audit_rows(archive, "dicom.find")]
+        assert {"0xA700", "0xA900"} <= set(statuses), statuses
 
 
 def _many_studies(db: Database, count: int) -> None:
@@ -570,6 +573,15 @@ def test_movescu_to_a_registered_destination_and_to_an_unknown_one(
             (None, "NOWHERE"),
         ]
         assert rows[1].details["status"] == "0xA801"
+        # A known destination but an identifier without its level's unique key: refused, nothing sent.
+        before = sorted(folder.iterdir())
+        refused = run(
+            "movescu", archive.port, "-S", "-aem", "VIEWER", *keys(QueryRetrieveLevel="SERIES"), debug=True
+        )
+        assert "DIMSE Status                  : 0xa900" in refused.stdout, refused.stdout
+        assert "[a retrieve at SERIES level needs SeriesInstanceUID" in refused.stdout
+        assert sorted(folder.iterdir()) == before
+        assert audit_rows(archive, "dicom.move")[-1].details["status"] == "0xA900"
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,7 @@ def handle_find(event: Event, service: QueryRetrieve, peers: PeerRegistry) -> It
         keys = parse_request(request, root)
     except IdentifierError as exc:
         logger.warning("C-FIND from %s refused (0x%04X): %s", who, exc.status, exc.reason)
+        _audit(service, peer, [], {"model": root, "status": f"0x{exc.status:04X}", "reason": exc.reason})
         yield failure(exc.status, exc.reason), None
         return
     except Exception as exc:  # pydicom decodes lazily: any element may be the broken one

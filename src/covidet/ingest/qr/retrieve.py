@@ -63,6 +63,7 @@ def _prepare(
         keys = parse_request(event.identifier, root, retrieve=True)
     except IdentifierError as exc:
         logger.warning("%s from %s refused (0x%04X): %s", name, who, exc.status, exc.reason)
+        _audit(service, name, peer, [], {**details, "model": root, "status": f"0x{exc.status:04X}"})
         raise _Refused(failure(exc.status, exc.reason)) from exc
     except Exception as exc:  # pydicom decodes lazily
         logger.warning("%s from %s refused (0xC000): identifier not decodable: %s", name, who, exc)
