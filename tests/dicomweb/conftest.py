@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -15,8 +14,7 @@ from dicomweb_client import DICOMwebClient
 
 from covidet.archive import archive_ai_sr
 from covidet.store import queries
-from covidet.store.models import FindingRecord, Image, Inference
-from tests.api.conftest import ApiEnv, dataset_jpegs, make_env, serve
+from tests.api.conftest import ApiEnv, dataset_jpegs, make_env, seed_image, serve
 
 FINDINGS = (("covid19", 0.91, (300.0, 400.0, 900.0, 1200.5)),)
 
@@ -54,37 +52,13 @@ class Archive:
         return DICOMwebClient(url=self.dicomweb, headers=headers if headers is not None else self.headers)
 
 
-def analyse(env: ApiEnv, image_id: int) -> None:
-    """Record an AI result for ``image_id`` as the worker does, then keep its SR as the analysis does."""
-    now = datetime.now(UTC)
-    with env.db.session(write=True) as session:
-        inference = Inference(
-            image_id=image_id,
-            model_name="covidet-frcnn-r101",
-            model_version="test-1",
-            decision_rule="max-score-v1",
-            threshold=0.5,
-            status="succeeded",
-            attempts=1,
-            label="covid19",
-            probabilities={"covid19": 0.81, "pneumonia": 0.14, "normal": 0.05},
-            started_at=now,
-            finished_at=now,
-        )
-        inference.findings = [
-            FindingRecord(label=lab, score=score, x1=b[0], y1=b[1], x2=b[2], y2=b[3])
-            for lab, score, b in FINDINGS
-        ]
-        session.add(inference)
-        session.get(Image, image_id).status = "analysed"
-    assert archive_ai_sr(env.db, env.store, image_id) is not None
-
-
 @pytest.fixture
 def archive(tmp_path: Path, rg1_dicom: Path) -> Iterator[Archive]:
     env = make_env(tmp_path, f"sqlite:///{tmp_path / 'covidet.db'}")
-    accepted = env.ingest.accept(rg1_dicom.read_bytes(), channel="dicom", device_id=None, source="test")
-    analyse(env, accepted.image_id)
+    # Accepted through the real ingest with an AI result written as the worker writes it, then its
+    # SR kept as the analysis keeps it.
+    accepted = seed_image(env, rg1_dicom.read_bytes(), patient_key="9RG1", findings=FINDINGS)
+    assert archive_ai_sr(env.db, env.store, accepted.image_id) is not None
     with env.db.session(write=True) as session:
         modality = queries.create_device(session, "xr-room-1", "modality").api_key
         sensor = queries.create_device(session, "bed-7-spo2", "sensor").api_key

@@ -38,6 +38,8 @@ def test_instance_is_retrieved_as_stored(archive: Archive, rg1_dicom: Path) -> N
         )
     assert answer.status_code == 200, answer.text
     assert 'type="application/dicom"' in answer.headers["content-type"]
+    assert answer.headers["cache-control"] == "private, no-store"
+    assert answer.headers["x-content-type-options"] == "nosniff"
     ((part_type, payload),) = _parts(answer)
     assert part_type.startswith("application/dicom")
     assert payload == rg1_dicom.read_bytes()  # byte for byte as stored

@@ -20,6 +20,7 @@ from covidet.store.db import Database
 
 __all__ = [
     "DICOMWEB_PREFIX",
+    "PATIENT_DATA_HEADERS",
     "audit_read",
     "bad_request",
     "find_instances",
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 #: Where the DICOMweb services live (the "service root" of PS3.18).
 DICOMWEB_PREFIX = "/dicom-web"
+#: Headers of every answer that holds patient data: kept by no cache, never sniffed as another type
+#: (the JSON API's middleware sets these under /api/v1 only).
+PATIENT_DATA_HEADERS = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
 
 
 def bad_request(reason: str) -> HTTPException:

@@ -20,7 +20,13 @@ from pydicom.dataset import Dataset
 
 from covidet.api.auth import AuthenticatedUser, RadiologistUser
 from covidet.api.deps import DatabaseDep, StoreDep
-from covidet.api.dicomweb.common import audit_read, instance_url, not_acceptable, study_url
+from covidet.api.dicomweb.common import (
+    PATIENT_DATA_HEADERS,
+    audit_read,
+    instance_url,
+    not_acceptable,
+    study_url,
+)
 from covidet.api.dicomweb.dicomjson import to_json
 from covidet.api.dicomweb.media import parse_accept
 from covidet.api.dicomweb.qido_keys import (
@@ -129,7 +135,7 @@ def _search(
         study_uids=[row[0].study_instance_uid for row in page],
         details={"level": level, "query": dict(request.query_params), "results": len(page)},
     )
-    headers = {"Cache-Control": "private, no-store"}
+    headers = dict(PATIENT_DATA_HEADERS)
     warnings = []
     if params.ignored:
         names = ", ".join(params.ignored)

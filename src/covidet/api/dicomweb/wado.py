@@ -23,6 +23,7 @@ from covidet.api.auth import AuthenticatedUser, RadiologistUser
 from covidet.api.deps import DatabaseDep, StoreDep
 from covidet.api.dicomweb import pixels
 from covidet.api.dicomweb.common import (
+    PATIENT_DATA_HEADERS,
     audit_read,
     bad_request,
     find_instances,
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["DICOMweb"])
 
-_PATIENT_DATA = {"Cache-Control": "private, no-store"}
+_PATIENT_DATA = PATIENT_DATA_HEADERS
 _DICOM_TYPE = "application/dicom"
 _RENDERED = ("image/png", "image/jpeg")
 _STUDY = "/studies/{study}"
