@@ -26,7 +26,15 @@ def test_study_search_with_matching_keys(archive: Archive, upload_uid: str) -> N
     assert cr["00100010"]["Value"] == [{"Alphabetic": "CompressedSamples^RG1"}]
     assert cr["00081190"]["Value"][0].endswith(f"/dicom-web/studies/{archive.study_uid}")
     assert cr["00080020"]["Value"] == ["20040826"]
-    assert cr["00080090"] == {"vr": "PN"}  # required return key without a value
+    # Keys covidet does not index come from the stored header: referring physician, birth date, sex, ID
+    assert cr["00080090"]["Value"] == [{"Alphabetic": "ward"}]
+    assert (cr["00100030"]["Value"], cr["00100040"]["Value"], cr["00200010"]["Value"]) == (
+        ["19400305"],
+        ["F"],
+        ["9RG1"],
+    )
+    upload = next(s for s in every if s["00100020"]["Value"] == ["P-JPEG"])
+    assert upload["00100030"] == {"vr": "DA"}  # a required return key without a value
 
     def ids(**filters: object) -> list[str]:
         return sorted(_values(client.search_for_studies(search_filters=filters), "00100020"))

@@ -110,19 +110,27 @@ def _search(
                     if _instance_matches(params, i)
                 ]
     page = rows[params.offset : params.offset + params.limit]
+    first: dict[int, aq.InstanceRecord] = {}
+    if level == "study" and page:  # the study keys a header holds come from the study's first X-ray
+        with db.session() as session:
+            for record in aq.instances(session, study_ids=[row[0].study_id for row in page]):
+                first.setdefault(record.study_id, record)
     documents = []
     for row in page:
         dataset = Dataset()
         study = row[0]
-        if with_study or level == "study":
-            study_attributes(dataset, study, study_url(request, study.study_instance_uid))
-        header = Dataset()
         if level == "series":
             header = _header(store, row[1].instances[0])
+        elif level == "instance":
+            header = _header(store, row[2])
+        else:
+            header = _header(store, first[study.study_id]) if study.study_id in first else Dataset()
+        if with_study or level == "study":
+            study_attributes(dataset, study, study_url(request, study.study_instance_uid), header)
+        if level == "series":
             series_url = f"{study_url(request, study.study_instance_uid)}/series/{row[1].series_instance_uid}"
             series_attributes(dataset, row[1], header, series_url)
         elif level == "instance":
-            header = _header(store, row[2])
             instance_attributes(dataset, row[2], header, instance_url(request, row[2]))
         if params.include or params.include_all:
             include_from(dataset, header, params.include, everything=params.include_all)

@@ -179,8 +179,9 @@ def _set(dataset: Dataset, keyword: str, value: object) -> None:
         setattr(dataset, keyword, value)
 
 
-def study_attributes(dataset: Dataset, study: aq.StudyRecord, retrieve_url: str) -> None:
-    """The study-level return keys of ``study`` (Table 10.6.3-3) into ``dataset``."""
+def study_attributes(dataset: Dataset, study: aq.StudyRecord, retrieve_url: str, header: Dataset) -> None:
+    """The study-level return keys of ``study`` (Table 10.6.3-3) into ``dataset``: covidet's records
+    for what it indexes, the stored ``header`` (of an instance of the study) for the rest."""
     when = study.study_datetime
     for keyword, value in (
         ("SpecificCharacterSet", "ISO_IR 192"),
@@ -189,15 +190,15 @@ def study_attributes(dataset: Dataset, study: aq.StudyRecord, retrieve_url: str)
         ("AccessionNumber", study.accession_number),
         ("InstanceAvailability", "ONLINE"),
         ("ModalitiesInStudy", list(study.modalities)),
-        ("ReferringPhysicianName", None),
+        ("ReferringPhysicianName", header.get("ReferringPhysicianName") or None),
         ("TimezoneOffsetFromUTC", "+0000"),
         ("RetrieveURL", retrieve_url),
         ("PatientName", study.patient_name),
         ("PatientID", study.patient_key),
-        ("PatientBirthDate", None),
-        ("PatientSex", None),
+        ("PatientBirthDate", header.get("PatientBirthDate") or None),
+        ("PatientSex", header.get("PatientSex") or None),
         ("StudyInstanceUID", study.study_instance_uid),
-        ("StudyID", None),
+        ("StudyID", header.get("StudyID") or None),
         ("StudyDescription", study.description),
         ("NumberOfStudyRelatedSeries", study.series_count),
         ("NumberOfStudyRelatedInstances", study.instance_count),
