@@ -281,7 +281,7 @@ def release_study(request: Request, study_id: IdPath, user: RadiologistUser, db:
 
 
 @router.post("/next", response_model=NextCasePublic, responses=UNSAFE_ERRORS)
-def next_case(request: Request, user: RadiologistUser, db: DatabaseDep) -> NextCasePublic:
+def next_case(request: Request, user: RadiologistUser, db: DatabaseDep, store: StoreDep) -> NextCasePublic:
     """Claim the next study to read (most urgent, then longest waiting, not read by someone else) and
     name its first unread image; nulls when nothing is left."""
     with db.session(write=True) as session:
@@ -299,5 +299,5 @@ def next_case(request: Request, user: RadiologistUser, db: DatabaseDep) -> NextC
     if row is None:
         return NextCasePublic(study=None, image_id=None)
     announce(request.app, {"type": "claim", "study_id": row.study_id, "username": user.username})
-    study = study_public(row)
+    study = study_public(row, store=store)
     return NextCasePublic(study=study, image_id=(study.unread_image_ids or [study.deciding_image_id])[0])
