@@ -267,9 +267,12 @@ def test_native_bit_depth_windowing_follows_the_voi_lut(
     assert greys[-300.0] + 60 < greys[0.0] < greys[300.0] - 60, greys
     # Invert flips the displayed grey; inverting again restores it.
     viewer.click("#invert")
+    playwright_api.expect(viewer.locator("#invert")).to_have_attribute("aria-pressed", "true")
     inverted = centre_grey(viewer)
     assert abs(inverted - (255 - greys[300.0])) <= 25, (inverted, greys[300.0])
-    viewer.click("#invert")
+    viewer.focus("#vp-main")
+    viewer.keyboard.press("i")  # the same from the keyboard, on the focused image
+    playwright_api.expect(viewer.locator("#invert")).to_have_attribute("aria-pressed", "false")
     assert abs(centre_grey(viewer) - greys[300.0]) <= 3
     assert not viewer.errors, viewer.errors
 

@@ -226,7 +226,9 @@ function showWindow() {
     $("ww").value = String(Math.round(width));
     $("wc").value = String(Math.round(center));
   }
-  $("invert").setAttribute("aria-pressed", String(Boolean(invert)));
+  // Pressed: inverted relative to how the image is meant to be seen (MONOCHROME1 starts inverted).
+  const initialInvert = Boolean(current && current.initial && current.initial.invert);
+  $("invert").setAttribute("aria-pressed", String(Boolean(invert) !== initialInvert));
 }
 
 function applyWindow(width, center) {
@@ -297,6 +299,14 @@ function wireView() {
     vp.setProperties({ voiRange: { ...current.initial.voiRange }, invert: current.initial.invert });
     vp.render();
     showWindow();
+  });
+  // Keys on the focused image: the toolbar's buttons without the mouse.
+  const keys = { "+": "zoom-in", "=": "zoom-in", "-": "zoom-out", i: "invert", r: "rotate", h: "flip-h", v: "flip-v", 0: "reset" };
+  $("vp-main").addEventListener("keydown", (event) => {
+    const target = keys[event.key];
+    if (!target || event.ctrlKey || event.metaKey || event.altKey) return;
+    event.preventDefault();
+    $(target).click();
   });
   for (const input of document.querySelectorAll('input[name="tool"]')) {
     input.addEventListener("change", () => input.checked && setPrimaryTool(input.value));
