@@ -13,7 +13,9 @@ import pytest
 from dicomweb_client import DICOMwebClient
 
 from covidet.archive import archive_ai_sr
+from covidet.store import archive_queries as aq
 from covidet.store import queries
+from covidet.store.models import Study
 from tests.api.conftest import ApiEnv, dataset_jpegs, make_env, seed_image, serve
 
 FINDINGS = (("covid19", 0.91, (300.0, 400.0, 900.0, 1200.5)),)
@@ -54,7 +56,18 @@ class Archive:
 
 @pytest.fixture
 def archive(tmp_path: Path, rg1_dicom: Path) -> Iterator[Archive]:
-    env = make_env(tmp_path, f"sqlite:///{tmp_path / 'covidet.db'}")
+    """The served archive over SQLite (tests of the HTTP layer, where the backend does not matter)."""
+    yield from _archive(tmp_path, rg1_dicom, f"sqlite:///{tmp_path / 'covidet.db'}")
+
+
+@pytest.fixture
+def archive_db(tmp_path: Path, rg1_dicom: Path, database_url: str) -> Iterator[Archive]:
+    """The same over each backend: SQLite and a private PostgreSQL (the queries' matching)."""
+    yield from _archive(tmp_path, rg1_dicom, database_url)
+
+
+def _archive(tmp_path: Path, rg1_dicom: Path, database_url: str) -> Iterator[Archive]:
+    env = make_env(tmp_path, database_url)
     # Accepted through the real ingest with an AI result written as the worker writes it, then its
     # SR kept as the analysis keeps it.
     accepted = seed_image(env, rg1_dicom.read_bytes(), patient_key="9RG1", findings=FINDINGS)
@@ -62,8 +75,6 @@ def archive(tmp_path: Path, rg1_dicom: Path) -> Iterator[Archive]:
     with env.db.session(write=True) as session:
         modality = queries.create_device(session, "xr-room-1", "modality").api_key
         sensor = queries.create_device(session, "bed-7-spo2", "sensor").api_key
-    from covidet.store import archive_queries as aq
-
     with env.db.session() as session:
         xray, sr = aq.instances(session, study_ids=[accepted.study_id])
     assert modality is not None and sensor is not None
@@ -90,12 +101,15 @@ def archive(tmp_path: Path, rg1_dicom: Path) -> Iterator[Archive]:
 @pytest.fixture
 def upload_uid(archive: Archive, data_root: Path) -> str:
     """A JPEG X-ray of the dataset uploaded for patient P-JPEG (served as a DX object); its study UID."""
+    return upload_jpeg(archive, data_root)
+
+
+def upload_jpeg(archive: Archive, data_root: Path) -> str:
+    """Upload the first val JPEG of the dataset for patient P-JPEG through ingest; its study UID."""
     (jpeg,) = dataset_jpegs(data_root, 1)
     accepted = archive.env.ingest.accept(
         jpeg.read_bytes(), channel="upload", device_id=None, source="test", patient_key="P-JPEG"
     )
-    from covidet.store.models import Study
-
     with archive.env.db.session() as session:
         return session.get(Study, accepted.study_id).study_instance_uid
 

@@ -4,18 +4,22 @@ P-JPEG (served as DX, study dated today)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 from sqlalchemy import select
 
 from covidet.store.models import AuditEvent
-from tests.dicomweb.conftest import Archive
+from tests.dicomweb.conftest import Archive, upload_jpeg
 
 
 def _values(results: list[dict], tag: str) -> list:
     return [item[tag]["Value"][0] for item in results if "Value" in item.get(tag, {})]
 
 
-def test_study_search_with_matching_keys(archive: Archive, upload_uid: str) -> None:
+def test_study_search_with_matching_keys(archive_db: Archive, data_root: Path) -> None:
+    archive = archive_db  # on SQLite and PostgreSQL
+    upload_uid = upload_jpeg(archive, data_root)
     client = archive.client()
     every = client.search_for_studies()
     assert sorted(_values(every, "00100020")) == ["9RG1", "P-JPEG"]
