@@ -36,7 +36,7 @@ from covidet.config import Settings
 from covidet.demo import DemoAccounts, register_demo
 from covidet.runner import start_services
 from covidet.store.db import Database
-from covidet.store.models import DicomObject, Image
+from covidet.store.models import AuditEvent, DicomObject, Image
 from covidet.web.viewer_page import BUNDLE_DIR
 from tests.e2e import test_web
 from tests.e2e.test_web import screenshot, serve, wait_until
@@ -275,6 +275,36 @@ def test_native_bit_depth_windowing_follows_the_voi_lut(
     playwright_api.expect(viewer.locator("#invert")).to_have_attribute("aria-pressed", "false")
     assert abs(centre_grey(viewer) - greys[300.0]) <= 3
     assert not viewer.errors, viewer.errors
+
+
+def test_page_access_headers_and_audit(viewer: Any, viewer_deployment: ViewerDeployment) -> None:
+    """Strangers are sent to the sign-in form; an unknown or malformed study is a 404 page; the page's
+    policy allows WebAssembly and this origin's scripts only; opening it is audited as read.study."""
+    path = f"/viewer/studies/{viewer_deployment.study_uid}"
+    stranger = httpx.get(viewer_deployment.base_url + path)
+    assert stranger.status_code == 303
+    assert stranger.headers["location"].startswith("/login?next=%2Fviewer%2Fstudies%2F")
+    assert viewer.request.get("/viewer/studies/1.2.3.4").status == 404
+    assert viewer.request.get("/viewer/studies/..%2F..%2Fetc").status == 404
+    page = viewer.request.get(path)
+    assert page.status == 200
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self' 'wasm-unsafe-eval';" in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["cache-control"] == "no-store"
+
+    def read_study_events() -> list[AuditEvent]:
+        with viewer_deployment.db.session() as session:  # audit events are group-committed: wait
+            return list(
+                session.scalars(
+                    select(AuditEvent).where(
+                        AuditEvent.action == "read.study", AuditEvent.actor_username == "rad"
+                    )
+                )
+            )
+
+    events = wait_until(read_study_events, 15, "no read.study audit event")
+    assert events[-1].details["via"] == "web-viewer"
+    assert viewer_deployment.image_id in events[-1].details["image_ids"]
 
 
 def test_tag_panel_shows_the_patient_id(viewer: Any) -> None:
