@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from covidet import DISCLAIMER
+from covidet.api.auth import AuthenticatedUser, audit_in
 from covidet.api.demographics import Demographics, dicom_demographics
 from covidet.api.schemas import (
     AiPublic,
@@ -28,6 +29,7 @@ from covidet.api.schemas import (
     vitals_public,
 )
 from covidet.store import reading_room as rr
+from covidet.store.db import Database
 
 __all__ = [
     "AI_SCORE_NAME",
@@ -39,7 +41,10 @@ __all__ = [
     "StudyWorklistPublic",
     "ai_score_help",
     "announce",
+    "claim",
+    "release",
     "study_public",
+    "take_next",
 ]
 
 logger = logging.getLogger(__name__)
@@ -212,3 +217,66 @@ def study_public(row: rr.StudyRow, *, now: datetime | None = None, store: Any = 
         if row.claim
         else None,
     )
+
+
+# ------------------------------------------------------------------ claims, as the API and pages do them
+
+
+def claim(db: Database, request: Any, user: AuthenticatedUser, study_id: int, via: str) -> rr.ClaimInfo:
+    """Claim a study for ``user``: stored and audited (``study.claim``) in one transaction, then
+    announced to open worklists. Raises the store's :class:`~covidet.store.review_queries.QueryError`."""
+    with db.session(write=True) as session:
+        held = rr.claim_study(session, study_id, user_id=user.id)
+        audit_in(
+            session,
+            request,
+            "study.claim",
+            user=user,
+            object_type="study",
+            object_id=study_id,
+            details={"via": via},
+        )
+    announce(request.app, {"type": "claim", "study_id": study_id, "username": held.username})
+    return held
+
+
+def release(
+    db: Database, request: Any, user: AuthenticatedUser, study_id: int, via: str
+) -> rr.ClaimInfo | None:
+    """Release a study's claim (``user``'s own, or anyone's for an admin): audited (``study.release``)
+    and announced when there was one. Raises the store's ``QueryError`` (404, 403)."""
+    with db.session(write=True) as session:
+        released = rr.release_claim(session, study_id, user_id=user.id, admin=user.is_admin)
+        if released is not None:
+            audit_in(
+                session,
+                request,
+                "study.release",
+                user=user,
+                object_type="study",
+                object_id=study_id,
+                details={"via": via, "holder": released.username},
+            )
+    if released is not None:
+        announce(request.app, {"type": "claim", "study_id": study_id, "username": None})
+    return released
+
+
+def take_next(db: Database, request: Any, user: AuthenticatedUser, via: str) -> rr.StudyRow | None:
+    """Claim the next study to read for ``user`` (:func:`covidet.store.reading_room.next_study`),
+    audited as ``study.claim`` with ``"next": true`` and announced; ``None`` when nothing is left."""
+    with db.session(write=True) as session:
+        row = rr.next_study(session, user_id=user.id)
+        if row is None:
+            return None
+        audit_in(
+            session,
+            request,
+            "study.claim",
+            user=user,
+            object_type="study",
+            object_id=row.study_id,
+            details={"via": via, "next": True},
+        )
+    announce(request.app, {"type": "claim", "study_id": row.study_id, "username": user.username})
+    return row

@@ -22,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from covidet.api.auth import AuthenticatedUser, audit_in, record_audit
-from covidet.api.reading_room import AI_SCORE_NAME, StudyPublic, ai_score_help, announce, study_public
+from covidet.api import reading_room
+from covidet.api.auth import AuthenticatedUser, record_audit
+from covidet.api.reading_room import AI_SCORE_NAME, StudyPublic, ai_score_help, study_public
 from covidet.store import reading_room as rr
 from covidet.store import review_queries as rq
 from covidet.store.db import Database
@@ -275,89 +276,42 @@ def _study_id(request: Request) -> int | None:
     return study_id if 0 < study_id < 2**31 else None
 
 
-def _claim(db: Database, request: Request, user: AuthenticatedUser, study_id: int) -> str | None:
+def _attempt(action: Any, *args: Any) -> str | None:
+    """Run a claim action; the store's refusal (someone else reads it...) as the notice to show."""
     try:
-        with db.session(write=True) as session:
-            rr.claim_study(session, study_id, user_id=user.id)
-            audit_in(
-                session,
-                request,
-                "study.claim",
-                user=user,
-                object_type="study",
-                object_id=study_id,
-                details={"via": "web"},
-            )
+        action(*args)
     except rq.QueryError as exc:
         return str(exc)
     return None
 
 
-def _release(db: Database, request: Request, user: AuthenticatedUser, study_id: int) -> str | None:
-    try:
-        with db.session(write=True) as session:
-            released = rr.release_claim(session, study_id, user_id=user.id, admin=user.is_admin)
-            if released is not None:
-                audit_in(
-                    session,
-                    request,
-                    "study.release",
-                    user=user,
-                    object_type="study",
-                    object_id=study_id,
-                    details={"via": "web", "holder": released.username},
-                )
-    except rq.QueryError as exc:
-        return str(exc)
-    return None
+async def _claim_form(request: Request, action: Any) -> Response:
+    """A claim form post (``action``: :func:`covidet.api.reading_room.claim` or ``release``), then back
+    to the worklist, with the refusal as its notice."""
+    guard = await _form_user(request)
+    if isinstance(guard, Response):
+        return guard
+    form = await request.form(max_files=0, max_fields=4, max_part_size=2048)
+    study_id = _study_id(request)
+    if study_id is None:
+        return _back(request, form, "No such study.")
+    error = await run_in_threadpool(_attempt, action, pages._db(request), request, guard, study_id, "web")
+    return _back(request, form, error)
 
 
 async def claim(request: Request) -> Response:
     """Claim a study (form post): others see it is being read by you."""
-    guard = await _form_user(request)
-    if isinstance(guard, Response):
-        return guard
-    form = await request.form(max_files=0, max_fields=4, max_part_size=2048)
-    study_id = _study_id(request)
-    if study_id is None:
-        return _back(request, form, "No such study.")
-    error = await run_in_threadpool(_claim, pages._db(request), request, guard, study_id)
-    if error is None:
-        announce(request.app, {"type": "claim", "study_id": study_id, "username": guard.username})
-    return _back(request, form, error)
+    return await _claim_form(request, reading_room.claim)
 
 
 async def release(request: Request) -> Response:
     """Release a study's claim (form post): your own, or anyone's as an admin."""
-    guard = await _form_user(request)
-    if isinstance(guard, Response):
-        return guard
-    form = await request.form(max_files=0, max_fields=4, max_part_size=2048)
-    study_id = _study_id(request)
-    if study_id is None:
-        return _back(request, form, "No such study.")
-    error = await run_in_threadpool(_release, pages._db(request), request, guard, study_id)
-    if error is None:
-        announce(request.app, {"type": "claim", "study_id": study_id, "username": None})
-    return _back(request, form, error)
+    return await _claim_form(request, reading_room.release)
 
 
 def _next(db: Database, request: Request, user: AuthenticatedUser) -> int | None:
-    with db.session(write=True) as session:
-        row = rr.next_study(session, user_id=user.id)
-        if row is None:
-            return None
-        announce(request.app, {"type": "claim", "study_id": row.study_id, "username": user.username})
-        audit_in(
-            session,
-            request,
-            "study.claim",
-            user=user,
-            object_type="study",
-            object_id=row.study_id,
-            details={"via": "web", "next": True},
-        )
-        return (row.unread_images or [row.deciding_image_id])[0]
+    row = reading_room.take_next(db, request, user, via="web")
+    return None if row is None else (row.unread_images or [row.deciding_image_id])[0]
 
 
 async def next_case(request: Request) -> Response:

@@ -21,15 +21,10 @@ from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel
 
 from covidet import DISCLAIMER
-from covidet.api.auth import RadiologistUser, audit_in, record_audit
+from covidet.api import reading_room
+from covidet.api.auth import RadiologistUser, record_audit
 from covidet.api.deps import DatabaseDep, StoreDep
-from covidet.api.reading_room import (
-    ClaimPublic,
-    StudyPublic,
-    StudyWorklistPublic,
-    announce,
-    study_public,
-)
+from covidet.api.reading_room import ClaimPublic, StudyPublic, StudyWorklistPublic, study_public
 from covidet.api.schemas import (
     AUTH_ERRORS,
     UNSAFE_ERRORS,
@@ -248,11 +243,8 @@ _CLAIM_ERRORS = UNSAFE_ERRORS | error_responses(404, 409)
 @router.post("/studies/{study_id}/claim", response_model=ClaimPublic, responses=_CLAIM_ERRORS)
 def claim_study(request: Request, study_id: IdPath, user: RadiologistUser, db: DatabaseDep) -> ClaimPublic:
     """Claim a study: others see it is being read by you. 409 while someone else holds it."""
-    with db.session(write=True) as session:
-        claim = rr.claim_study(session, study_id, user_id=user.id)
-        audit_in(session, request, "study.claim", user=user, object_type="study", object_id=study_id)
-    announce(request.app, {"type": "claim", "study_id": study_id, "username": claim.username})
-    return ClaimPublic(user_id=claim.user_id, username=claim.username, claimed_at=claim.claimed_at)
+    held = reading_room.claim(db, request, user, study_id, via="api")
+    return ClaimPublic(user_id=held.user_id, username=held.username, claimed_at=held.claimed_at)
 
 
 @router.delete(
@@ -263,20 +255,7 @@ def claim_study(request: Request, study_id: IdPath, user: RadiologistUser, db: D
 def release_study(request: Request, study_id: IdPath, user: RadiologistUser, db: DatabaseDep) -> Response:
     """Release a study's claim: your own, or anyone's as an admin (403 otherwise). Signing the last
     unread image of a study releases it by itself."""
-    with db.session(write=True) as session:
-        released = rr.release_claim(session, study_id, user_id=user.id, admin=user.is_admin)
-        if released is not None:
-            audit_in(
-                session,
-                request,
-                "study.release",
-                user=user,
-                object_type="study",
-                object_id=study_id,
-                details={"holder": released.username},
-            )
-    if released is not None:
-        announce(request.app, {"type": "claim", "study_id": study_id, "username": None})
+    reading_room.release(db, request, user, study_id, via="api")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -284,20 +263,8 @@ def release_study(request: Request, study_id: IdPath, user: RadiologistUser, db:
 def next_case(request: Request, user: RadiologistUser, db: DatabaseDep, store: StoreDep) -> NextCasePublic:
     """Claim the next study to read (most urgent, then longest waiting, not read by someone else) and
     name its first unread image; nulls when nothing is left."""
-    with db.session(write=True) as session:
-        row = rr.next_study(session, user_id=user.id)
-        if row is not None:
-            audit_in(
-                session,
-                request,
-                "study.claim",
-                user=user,
-                object_type="study",
-                object_id=row.study_id,
-                details={"via": "next"},
-            )
+    row = reading_room.take_next(db, request, user, via="api")
     if row is None:
         return NextCasePublic(study=None, image_id=None)
-    announce(request.app, {"type": "claim", "study_id": row.study_id, "username": user.username})
     study = study_public(row, store=store)
     return NextCasePublic(study=study, image_id=(study.unread_image_ids or [study.deciding_image_id])[0])
