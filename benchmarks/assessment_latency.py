@@ -28,20 +28,19 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import select
+
+from covidet.app.processes import free_port
+from covidet.config import get_settings
+from covidet.detection.predictor import Predictor
+from covidet.imaging import read_image
+from covidet.imaging.dicom_writer import xray_to_dicom
+from covidet.ingest.dicom_scp import DicomReceiver
+from covidet.store import Image, queries
+from covidet.store.models import Inference
+from covidet.worker.runtime import build_runtime
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from sqlalchemy import select  # noqa: E402
-from tests.servers import free_port  # noqa: E402
-
-from covidet.config import get_settings  # noqa: E402
-from covidet.detection.predictor import Predictor  # noqa: E402
-from covidet.imaging import read_image  # noqa: E402
-from covidet.imaging.dicom_writer import xray_to_dicom  # noqa: E402
-from covidet.ingest.dicom_scp import DicomReceiver  # noqa: E402
-from covidet.store import Image, queries  # noqa: E402
-from covidet.store.models import Inference  # noqa: E402
-from covidet.worker.runtime import build_runtime  # noqa: E402
 
 
 def _dataset_root() -> Path:

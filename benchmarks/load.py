@@ -6,7 +6,7 @@
 
 Set-up, as a user would: a fresh ``COVIDET_HOME`` (embedded SQLite, in-process analysis with the
 shipped model); ``covidet devices add`` for one modality and ``--sensors`` sensors, ``covidet users
-add`` and ``covidet api-token create`` for a radiologist; a private Mosquitto (tests/servers.py)
+add`` and ``covidet api-token create`` for a radiologist; a private Mosquitto (covidet.app.broker)
 whose password file and ACL ``covidet mqtt-broker-files`` writes; then one ``covidet serve --mqtt
 --dicom-port`` process. ``--pool`` val-split chest X-rays of ``$COVIDET_DATA`` are converted once to
 DX DICOM the way the device simulator does (:meth:`covidet.simulate.modality.XRayCase.to_dataset`).
@@ -42,14 +42,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # tests.servers: the private Mosquitto starter
-
-from _report import write_report  # noqa: E402
-from covidet import __version__  # noqa: E402
-from load_clients import run_api_readers, run_dicom_senders, run_mqtt_sensors  # noqa: E402
-from load_scan import run_port_scan  # noqa: E402
-from load_server import (  # noqa: E402
+from _report import write_report  # benchmarks/ is on sys.path when a script runs
+from covidet import __version__
+from load_clients import run_api_readers, run_dicom_senders, run_mqtt_sensors
+from load_scan import run_port_scan
+from load_server import (
     Deployment,
     check_loss,
     prepare_images,
@@ -60,6 +57,8 @@ from load_server import (  # noqa: E402
     wait_for_drain,
     warm_up,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args() -> argparse.Namespace:

@@ -21,8 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.servers import MosquittoHandle, free_port, start_mosquitto, wait_for_port
-
+from covidet.app.broker import Mosquitto, start_mosquitto
+from covidet.app.processes import free_port, wait_for_port
 from covidet.imaging.dicom_writer import dicom_bytes
 from covidet.simulate.modality import load_cases
 
@@ -68,7 +68,7 @@ class Deployment:
 
     home: Path
     env: dict[str, str]
-    broker: MosquittoHandle
+    broker: Mosquitto
     process: subprocess.Popen[bytes]
     log_path: Path
     http_port: int
@@ -174,8 +174,9 @@ def start_deployment(scratch: Path, sensors: int, images: list[Path], patient_ke
         home, env, broker, process, log_path, http_port, dicom_port, credentials, token, images, patient_keys
     )
     try:
-        wait_for_port(http_port, timeout=300, process=process)
-        wait_for_port(dicom_port, timeout=60, process=process)
+        for port, timeout in ((http_port, 300), (dicom_port, 60)):
+            if not wait_for_port(port, timeout=timeout, process=process):
+                raise RuntimeError(f"covidet serve does not listen on port {port}")
         deadline = time.monotonic() + 60
         while f"u'{INGEST_USER}'" not in broker.log():  # the subscriber's CONNECT, in the broker's log
             if time.monotonic() > deadline:

@@ -3,7 +3,7 @@
     python benchmarks/mqtt_ingest.py --out benchmarks/results/mqtt_ingest.json
     python benchmarks/mqtt_ingest.py --messages 5000 --publishers 2 --postgres --out /tmp/m.json
 
-A private Mosquitto (tests/servers.py: password file, ACL, persistence) on a free loopback port;
+A private Mosquitto (covidet.app.broker: password file, ACL, persistence) on a free loopback port;
 ``--publishers`` sensor devices registered with ``queries.create_device``, each publishing its share of
 ``--messages`` distinct readings with QoS 1 (paho-mqtt, MQTT v5, 100 in flight) from its own process,
 so that publishers and the subscriber do not share an interpreter lock; the covidet
@@ -29,16 +29,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # tests.servers: the private Mosquitto and PostgreSQL starters
+import paho.mqtt
+import paho.mqtt.client as mqtt
+from sqlalchemy import func, select
 
-import paho.mqtt  # noqa: E402
-import paho.mqtt.client as mqtt  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
-from tests.servers import start_mosquitto, start_postgres  # noqa: E402
-
-from covidet.ingest.mqtt import VitalsSubscriber, write_mosquitto_files  # noqa: E402
-from covidet.store import Database, VitalSignRecord, queries  # noqa: E402
+from covidet.app.broker import start_mosquitto
+from covidet.app.postgres import start_postgres
+from covidet.ingest.mqtt import VitalsSubscriber, write_mosquitto_files
+from covidet.store import Database, VitalSignRecord, queries
 
 INGEST_USER, INGEST_PASSWORD = "covidet-ingest", "bench-ingest-secret"
 

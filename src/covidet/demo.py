@@ -9,7 +9,8 @@ What it does, in order:
    (radiologist), and registers a modality (calling AE title ``COVIDET-SIM``, the simulator's) and a
    bedside sensor;
 3. starts a private Mosquitto on a free loopback port, with a password file and ACL generated from the
-   device table (:func:`covidet.ingest.mqtt.write_mosquitto_files`), when ``mosquitto`` is installed;
+   device table (:func:`covidet.ingest.mqtt.write_mosquitto_files`), with
+   :func:`covidet.app.broker.start_mosquitto`, when ``mosquitto`` is installed;
    without it, vital signs are skipped (the message says how to get them);
 4. starts the web app and API, the DICOM receiver and the MQTT subscriber on 127.0.0.1
    (:func:`covidet.runner.run_services`);
@@ -19,32 +20,30 @@ What it does, in order:
    prints a line when every image has been assessed.
 
 ``Ctrl-C`` (or SIGTERM) stops the web server, the receivers, the worker and the broker, and removes
-the temporary folder. :func:`start_mosquitto` and :func:`register_demo` are reusable (the browser
-tests start their deployment with them).
+the temporary folder. :func:`register_demo` and :func:`start_mosquitto` (re-exported from
+:mod:`covidet.app.broker`) are reusable (the browser tests start their deployment with them).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import pwd
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import covidet
 from covidet import DISCLAIMER
+from covidet.app.broker import BrokerError, Mosquitto, find_mosquitto, start_mosquitto
+from covidet.app.processes import free_port, port_is_free, wait_for_port
+from covidet.config import Settings
 
 __all__ = [
     "DEMO_ADMIN",
@@ -72,177 +71,10 @@ DEMO_MODALITY = "demo-modality"
 DEMO_SENSOR = "demo-bedside-monitor"
 #: MQTT user of the covidet vitals subscriber in the private broker.
 DEMO_INGEST_USER = "covidet-ingest"
-#: Where Debian installs the broker.
-MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
 class DemoError(RuntimeError):
     """The demo cannot start; the message says why and what to do."""
-
-
-# ---------------------------------------------------------------------------------------- network
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def wait_for_port(
-    port: int,
-    *,
-    host: str = "127.0.0.1",
-    timeout: float = 30.0,
-    process: subprocess.Popen[bytes] | None = None,
-    stop: threading.Event | None = None,
-) -> bool:
-    """Wait until something accepts TCP connections on ``host:port``; ``False`` on timeout, when
-    ``process`` exited or when ``stop`` is set."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            return False
-        if stop is not None and stop.is_set():
-            return False
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-# -------------------------------------------------------------------------------------- Mosquitto
-
-
-def find_mosquitto() -> str | None:
-    """Path of the ``mosquitto`` broker binary, or ``None`` when it is not installed."""
-    for path in MOSQUITTO_PATHS:
-        if os.access(path, os.X_OK):
-            return path
-    return shutil.which("mosquitto")
-
-
-@dataclass
-class Mosquitto:
-    """A private Mosquitto broker on a loopback port; ``files_dir`` holds its ``passwd`` and ``acl``."""
-
-    port: int
-    directory: Path
-    files_dir: Path
-    log_file: Path
-    process: subprocess.Popen[bytes] = field(repr=False)
-    host: str = "127.0.0.1"
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-
-    def reload(self) -> None:
-        """Make the broker reread its password file and ACL (after a device was added)."""
-        self.process.send_signal(signal.SIGHUP)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the broker and remove its folder."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def start_mosquitto(
-    write_files: Callable[[Path], None],
-    *,
-    binary: str | None = None,
-    host: str = "127.0.0.1",
-    timeout: float = 20.0,
-) -> Mosquitto:
-    """Start a private Mosquitto: ``allow_anonymous false``, the ``passwd`` and ``acl`` that
-    ``write_files(files_dir)`` writes, persistence in its own folder, one listener on ``host`` and a
-    free port.
-
-    Started as root, Mosquitto drops privileges to the ``mosquitto`` user before it reads its files,
-    so its folder is made world-traversable under the system temporary folder (a 0700 folder such as
-    ``~`` or pytest's would lock it out) and its data folder is given to that user.
-
-    Raises:
-        DemoError: no broker binary, or it did not start (its log is in the message).
-    """
-    from covidet.ingest.mqtt_broker_config import mosquitto_access_lines, mosquitto_listener_lines
-
-    binary = binary or find_mosquitto()
-    if binary is None:
-        raise DemoError("mosquitto is not installed: install the Debian package 'mosquitto'")
-    as_root = os.geteuid() == 0
-    owner = None
-    if as_root:
-        try:
-            owner = pwd.getpwnam("mosquitto")
-        except KeyError:
-            raise DemoError(
-                "the user 'mosquitto' is missing: reinstall the Debian package 'mosquitto'"
-            ) from None
-    directory = Path(tempfile.mkdtemp(prefix="covidet-mosquitto-", dir="/tmp" if as_root else None))
-    try:
-        directory.chmod(0o755)
-        files_dir, data_dir = directory / "broker", directory / "data"
-        files_dir.mkdir(mode=0o755)
-        data_dir.mkdir(mode=0o755)
-        if owner is not None:
-            os.chown(data_dir, owner.pw_uid, owner.pw_gid)
-        write_files(files_dir)
-        port = free_port(host)
-        config = directory / "mosquitto.conf"
-        config.write_text(
-            "\n".join(
-                [
-                    # covidet's access lines: log-in, files, payload limit (docs/security-mqtt.md).
-                    *mosquitto_access_lines(files_dir / "passwd", files_dir / "acl"),
-                    "persistence true",
-                    f"persistence_location {data_dir}/",
-                    # The default (1000) drops QoS-1 messages beyond it silently.
-                    "max_queued_messages 0",
-                    "log_dest stderr",
-                    "log_type error",
-                    "log_type warning",
-                    "log_type notice",
-                    # With use_username_as_clientid: no login can take over another's client id.
-                    *mosquitto_listener_lines(port, host),
-                ]
-            )
-            + "\n"
-        )
-        log_file = directory / "mosquitto.log"
-        with open(log_file, "wb") as log:
-            process = subprocess.Popen(
-                [binary, "-c", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C goes to covidet, which stops the broker in order
-            )
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-    broker = Mosquitto(port, directory, files_dir, log_file, process, host)
-    if not wait_for_port(port, host=host, timeout=timeout, process=process):
-        log_text = broker.log()
-        broker.stop()
-        raise DemoError(f"mosquitto did not start:\n{log_text}")
-    logger.info("private Mosquitto on %s:%d (%s)", host, port, directory)
-    return broker
 
 
 # ------------------------------------------------------------------------------------ accounts
@@ -319,7 +151,7 @@ def register_demo(
     )
 
 
-def default_dataset(settings: Any = None) -> Path | None:
+def default_dataset(settings: Settings | None = None) -> Path | None:
     """The chest X-ray dataset: ``settings.data`` (``COVIDET_DATA``), else ``../shared/data/cxr``
     beside a source checkout. ``None`` when neither exists."""
     candidates = []
@@ -368,7 +200,7 @@ def _assessment_counts(db: Any) -> dict[str, int]:
 class _DemoRun:
     """State shared by the main thread and the announcer/simulator thread."""
 
-    settings: Any
+    settings: Settings
     port: int
     dicom_port: int
     accounts: DemoAccounts
@@ -494,7 +326,7 @@ class _DemoRun:
 
 
 def run_demo(
-    settings: Any,
+    settings: Settings,
     *,
     port: int = 8000,
     home: Path | None = None,
@@ -568,7 +400,10 @@ def run_demo(
                             ingest_password=ingest_password,
                         )
 
-                broker = start_mosquitto(write_files, binary=binary)
+                try:
+                    broker = start_mosquitto(write_files, binary=binary, timeout=20.0)
+                except BrokerError as exc:
+                    raise DemoError(str(exc)) from None
                 demo_settings = demo_settings.model_copy(update={"mqtt_broker_port": broker.port})
             else:
                 logger.warning("mosquitto is not installed: the demo runs without vital signs")
