@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from covidet.config import Settings
+
 __all__ = ["Services", "run_services", "start_services"]
 
 logger = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ def _remaining(deadline: float) -> float:
 
 
 def start_services(
-    settings: Any,
+    settings: Settings,
     *,
     host: str = "127.0.0.1",
     dicom_port: int | None = None,
@@ -140,7 +142,7 @@ def start_services(
 
 
 def run_services(
-    settings: Any,
+    settings: Settings,
     *,
     host: str,
     port: int,

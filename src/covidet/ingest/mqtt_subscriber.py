@@ -28,6 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy.exc import SQLAlchemyError
 
+from covidet.config import Settings
 from covidet.ingest.mqtt_broker_config import max_packet_bytes
 from covidet.ingest.mqtt_payload import MAX_PAYLOAD_BYTES, TOPIC_FILTER, oversize_reason
 from covidet.ingest.mqtt_store import ReceivedMessage, StoreResult, VitalsStore, is_transient
@@ -149,7 +150,7 @@ class VitalsSubscriber:
         self.on_stored: Callable[[set[int]], None] | None = None
 
     @classmethod
-    def from_settings(cls, db: Database, settings: Any, **overrides: Any) -> VitalsSubscriber:
+    def from_settings(cls, db: Database, settings: Settings, **overrides: Any) -> VitalsSubscriber:
         """A subscriber configured from :class:`covidet.config.Settings` (``mqtt_*``) and ``overrides``."""
         options: dict[str, Any] = {
             "host": settings.mqtt_broker_host,

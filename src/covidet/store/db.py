@@ -25,6 +25,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from covidet.config import Settings
+
 __all__ = [
     "API_THREADS",
     "BACKGROUND_CONNECTIONS",
@@ -50,7 +52,7 @@ BACKGROUND_CONNECTIONS = 4
 RETRY_AFTER_SECONDS = 5
 
 
-def pool_size_for(settings: Any) -> int:
+def pool_size_for(settings: Settings) -> int:
     """Connections one process may need at once: ``settings.db_pool_size`` when set, else every DICOM
     association it admits, every API thread, every analysis thread and the background threads, so
     that no admitted client waits for a connection behind another (docs/load.md, finding 1)."""
@@ -187,7 +189,7 @@ class Database:
         self._dispose_hooks: list[Callable[[], None]] = []
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Database:
+    def from_settings(cls, settings: Settings) -> Database:
         """The database of ``settings``, its pool sized by :func:`pool_size_for` and its checkout wait
         bounded by ``settings.db_pool_timeout``."""
         return cls(

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import select
 
 from covidet import DISCLAIMER
+from covidet.config import Settings
 from covidet.domain import Assessment, Box, Finding, Label, VitalSign
 from covidet.imaging import XRayImage
 from covidet.imaging.reader import ImageReadError, read_image
@@ -90,7 +91,7 @@ class Analyzer:
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         db: Database,
         store: ImageStore,
         *,

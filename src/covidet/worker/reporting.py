@@ -18,6 +18,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from covidet.assessment.reports import ReportContext, dicom_secondary_capture, write_report
+from covidet.config import Settings
 from covidet.domain import Assessment, Box, Finding, Label, Priority, VitalSign
 from covidet.imaging.reader import read_image
 from covidet.ingest.storage import ImageStore
@@ -179,7 +180,7 @@ def write_image_report(db: Database, store: ImageStore, image_id: int, fmt: str,
     return write_report(ctx, fmt, out, xray_pixels=pixels, source=source)  # type: ignore[arg-type]
 
 
-def forward_report(db: Database, store: ImageStore, image_id: int, settings: Any) -> int:
+def forward_report(db: Database, store: ImageStore, image_id: int, settings: Settings) -> int:
     """Send the DICOM reports of ``image_id`` to the PACS of ``settings`` (C-STORE) and return the
     status of the Secondary Capture.
 

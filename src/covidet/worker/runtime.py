@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from covidet.config import Settings
 from covidet.ingest.service import ImageIngest
 from covidet.ingest.storage import ImageStore
 from covidet.store.db import Database
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    settings: Any
+    settings: Settings
     db: Database
     store: ImageStore
     queue: AnalysisQueue
@@ -42,7 +43,7 @@ class Runtime:
 
 
 def build_runtime(
-    settings: Any, *, db: Database | None = None, predictor: Any | None = None, requeue: bool = True
+    settings: Settings, *, db: Database | None = None, predictor: Any | None = None, requeue: bool = True
 ) -> Runtime:
     """Build the process' parts from ``settings``; re-queue images accepted earlier and not analysed.
 
