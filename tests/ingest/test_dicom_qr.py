@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -45,7 +46,7 @@ from covidet.worker.queue import InProcessQueue
 from tests.api.conftest import seed_image
 from tests.ingest.conftest import MODALITY_AE, dcmtk, dcmtk_env, encode_file, storescu
 from tests.reports.test_dicom_sr import _analysed_png
-from tests.servers import free_port, wait_for_port
+from tests.servers import free_port, start_orthanc, wait_for_port
 
 WORKSTATION_AE = "WS1"
 RG1_STUDY = "1.3.6.1.4.1.5962.1.2.9.20040826185059.5457"
@@ -682,3 +683,50 @@ def test_an_over_broad_query_is_refused_from_a_count_without_loading_the_studies
         find_matches(session, narrowed, limit=10)
     assert not any("count(" in s.lower() for s in statements)
     db.dispose()
+
+
+# -------------------------------------------------------------------------------- a PACS pulling
+
+
+def test_orthanc_finds_and_moves_a_study_from_covidet(tmp_path: Path, rg1_dicom: Path) -> None:
+    """Orthanc (Debian package orthanc) as the PACS of a reading room: covidet is one of its DICOM
+    modalities, Orthanc is a workstation and the C-MOVE destination ORTHANC in covidet; Orthanc's REST
+    API runs a C-FIND, then a C-MOVE of the answer to itself, and then holds the X-ray and the AI SR."""
+    orthanc = start_orthanc()
+    try:
+        settings = Settings(dicom_move_destinations={"ORTHANC": f"127.0.0.1:{orthanc.port}"})
+        with _start(tmp_path, f"sqlite:///{tmp_path / 'pacs.db'}", rg1_dicom, settings=settings) as archive:
+            with archive.db.session(write=True) as session:
+                queries.create_device(session, "orthanc", "workstation", ae_title="ORTHANC")
+            with httpx.Client(base_url=orthanc.url, timeout=120) as http:
+                added = http.put(
+                    "/modalities/covidet", json={"AET": "COVIDET", "Host": "127.0.0.1", "Port": archive.port}
+                )
+                assert added.status_code == 200, added.text
+                query = http.post(
+                    "/modalities/covidet/query",
+                    json={
+                        "Level": "Study",
+                        "Query": {"PatientID": "9RG1", "StudyInstanceUID": "", "ModalitiesInStudy": ""},
+                    },
+                )
+                assert query.status_code == 200, query.text
+                path = query.json()["Path"]
+                (answer,) = http.get(f"{path}/answers").json()
+                content = http.get(f"{path}/answers/{answer}/content?simplify").json()
+                assert content["StudyInstanceUID"] == RG1_STUDY and content["ModalitiesInStudy"] == "CR\\SR"
+                moved = http.post(
+                    f"{path}/answers/{answer}/retrieve", json={"TargetAet": "ORTHANC", "Synchronous": True}
+                )
+                assert moved.status_code == 200, moved.text
+                held = sorted(
+                    http.get(f"/instances/{i}/simplified-tags").json()["SOPInstanceUID"]
+                    for i in http.get("/instances").json()
+                )
+            assert held == sorted([archive.xray_uid, archive.sr_uid])
+            rows = audit_rows(archive, "dicom.move")
+            assert [(r.object_id, r.details["calling_ae"], r.details["destination"]) for r in rows] == [
+                (RG1_STUDY, "ORTHANC", "ORTHANC")
+            ]
+    finally:
+        orthanc.stop()
