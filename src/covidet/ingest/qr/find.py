@@ -18,7 +18,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from covidet.ingest.dicom_association import PeerRegistry
+from covidet.ingest.dicom_association import Peer, PeerRegistry
 from covidet.ingest.qr.keys import IdentifierError, parse_request
 from covidet.ingest.qr.matches import (
     PatientMatch,
@@ -96,7 +96,11 @@ def handle_find(event: Event, service: QueryRetrieve, peers: PeerRegistry) -> It
 
 
 def _audit(
-    service: QueryRetrieve, peer: Any, objects: list[str], details: dict[str, Any], object_type: str = "study"
+    service: QueryRetrieve,
+    peer: Peer,
+    objects: list[str],
+    details: dict[str, Any],
+    object_type: str = "study",
 ) -> bool:
     """Write the audit rows; ``False`` (logged) when they cannot be written."""
     try:

@@ -29,7 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from covidet.ingest.dicom_association import Peer, PeerRegistry
+from covidet.ingest.dicom_association import Peer
 from covidet.ingest.dicom_syntaxes import ACCEPTED_TRANSFER_SYNTAXES, VERIFICATION_SYNTAXES
 from covidet.ingest.qr.keys import PATIENT_ROOT, STUDY_ROOT
 from covidet.ingest.service import ACCEPTED_SOP_CLASSES
@@ -167,8 +167,3 @@ class QueryRetrieve:
                 object_ids=object_ids,
                 details={"calling_ae": peer.ae_title, "peer": peer.address, **details},
             )
-
-
-def peer_of(event: Event, peers: PeerRegistry) -> Peer | None:
-    """The registered peer of the event's association."""
-    return peers.get(event.assoc)
