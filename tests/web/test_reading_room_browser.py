@@ -362,3 +362,28 @@ def test_api_docs_render_offline(room: tuple[str, ApiEnv, Room], browser: Any) -
     expect(page.locator(".swagger-ui")).to_contain_text("/api/v1/worklist/studies")
     assert elsewhere == []
     context.close()
+
+
+def test_claim_forms_work_without_javascript_and_say_who_reads(
+    room: tuple[str, ApiEnv, Room], browser: Any
+) -> None:
+    base, _env, seeded = room
+    context = browser.new_context(viewport=DESKTOP, base_url=base, java_script_enabled=False)
+    page = context.new_page()
+    page.goto("/worklist")
+    page.get_by_label("Username").fill("rad")
+    page.get_by_label("Password").fill(PASSWORDS["rad"])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(lambda url: url.endswith("/worklist"))
+    # Meanwhile rad2 takes study C (this page, without scripts, does not hear of it).
+    taken = httpx.post(f"{base}/api/v1/worklist/studies/{seeded.c}/claim", headers=token(base, "rad2"))
+    assert taken.status_code == 200, taken.text
+    page.locator(f'tr[data-study-id="{seeded.c}"]').get_by_role("button", name="Claim study of P-C").click()
+    expect(page.locator("#notice")).to_contain_text(f"study {seeded.c} is being read by rad2")
+    expect(page.locator(f'tr[data-study-id="{seeded.c}"] .claimed.other')).to_have_text("being read by rad2")
+    page.reload()
+    expect(page.locator("#notice")).to_have_count(0)  # said once
+    # The Next case form, still without scripts, opens the most urgent unclaimed study.
+    page.get_by_role("button", name="Next case").click()
+    page.wait_for_url(f"**/images/{seeded.a_images[0]}")
+    context.close()
