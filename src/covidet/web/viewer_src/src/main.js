@@ -11,25 +11,18 @@
 import {
   Enums,
   RenderingEngine,
-  eventTarget,
   init as coreInit,
   getShouldUseCPURendering,
   metaData,
-  utilities,
 } from "@cornerstonejs/core";
 import {
-  AngleTool,
-  EllipticalROITool,
   Enums as ToolEnums,
-  LengthTool,
   MagnifyTool,
   PanTool,
-  RectangleROITool,
   ToolGroupManager,
   WindowLevelTool,
   ZoomTool,
   addTool,
-  annotation,
   init as toolsInit,
   synchronizers,
 } from "@cornerstonejs/tools";
@@ -38,7 +31,7 @@ import dicomImageLoader from "@cornerstonejs/dicom-image-loader";
 import { frameImageId, seriesMetadata, value } from "./dicomweb.js";
 import { loadFindings } from "./findings.js";
 import { FindingsOverlay } from "./overlay.js";
-import { saveBoxes } from "./review.js";
+import { MEASURE_TOOLS, listMeasurements, wireMeasurements } from "./measurements.js";
 import { renderTags } from "./tags.js";
 import { PRESETS, presetWindow, voiRange, windowOf } from "./windowing.js";
 
@@ -49,7 +42,6 @@ const GROUP_ID = "covidet-tools";
 const MAIN = "main";
 const PRIOR = "prior";
 const { MouseBindings } = ToolEnums;
-const MEASURE_TOOLS = [LengthTool, AngleTool, EllipticalROITool, RectangleROITool];
 const TOOLS = [WindowLevelTool, PanTool, ZoomTool, MagnifyTool, ...MEASURE_TOOLS];
 // The tools' own mouse buttons when they are not on the left button.
 const RESTING = {
@@ -62,7 +54,6 @@ let toolGroup;
 let zoomPanSync = null;
 let primaryTool = WindowLevelTool.toolName;
 let current = null; // { image, imageId, instance, bitsStored, overlay }
-const savedBoxes = new Set(); // annotation UIDs already saved to the review
 const draftIds = { ...(state.draftIds || {}) };
 
 function setStatus(kind, text) {
@@ -316,95 +307,6 @@ function wireView() {
   });
 }
 
-// ---------------------------------------------------------------------------------- measurements
-
-function describe(item) {
-  const name = item.metadata.toolName;
-  const stats = Object.values(item.data.cachedStats || {})[0] || {};
-  const unit = stats.unit || "px";
-  if (name === LengthTool.toolName && stats.length !== undefined) return `Length ${stats.length.toFixed(1)} ${unit}`;
-  if (name === AngleTool.toolName && stats.angle !== undefined) return `Angle ${stats.angle.toFixed(1)}°`;
-  if (name === EllipticalROITool.toolName && stats.mean !== undefined) {
-    return `Ellipse mean ${stats.mean.toFixed(1)}, SD ${stats.stdDev.toFixed(1)}, area ${stats.area.toFixed(1)} ${stats.areaUnit || ""}`;
-  }
-  if (name === RectangleROITool.toolName) {
-    const box = boxOf(item);
-    return `Box [${box.map((v) => Math.round(v)).join(", ")}]${savedBoxes.has(item.annotationUID) ? " (saved)" : ""}`;
-  }
-  return name;
-}
-
-/** A rectangle annotation as [x1, y1, x2, y2] in pixels of the image, inside the image. */
-function boxOf(item) {
-  const points = item.data.handles.points.map((p) => utilities.worldToImageCoords(current.imageId, p));
-  const columns = value(current.instance, "00280011");
-  const rows = value(current.instance, "00280010");
-  const xs = points.map((p) => Math.min(columns, Math.max(0, p[0])));
-  const ys = points.map((p) => Math.min(rows, Math.max(0, p[1])));
-  return [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)];
-}
-
-function annotationsOfMain() {
-  // All annotations, by image: an X-ray without a Frame of Reference UID has no annotation group.
-  if (!current) return [];
-  const names = new Set(MEASURE_TOOLS.map((tool) => tool.toolName));
-  return annotation.state
-    .getAllAnnotations()
-    .filter((item) => names.has(item.metadata.toolName) && item.metadata.referencedImageId === current.imageId);
-}
-
-function listMeasurements() {
-  const items = annotationsOfMain();
-  $("measurements").replaceChildren(
-    ...items.map((item) => {
-      const li = document.createElement("li");
-      li.dataset.tool = item.metadata.toolName;
-      li.textContent = describe(item);
-      return li;
-    }),
-  );
-  const unsaved = items.filter(
-    (item) => item.metadata.toolName === RectangleROITool.toolName && !savedBoxes.has(item.annotationUID),
-  );
-  $("save-boxes").disabled = unsaved.length === 0;
-  $("save-boxes").textContent = `Save ${unsaved.length} box(es) to your review`;
-}
-
-function wireMeasurements() {
-  const { Events } = ToolEnums;
-  // Annotation events go to Cornerstone's eventTarget, not to the viewport element.
-  for (const name of [Events.ANNOTATION_COMPLETED, Events.ANNOTATION_MODIFIED, Events.ANNOTATION_REMOVED]) {
-    eventTarget.addEventListener(name, () => listMeasurements());
-  }
-  $("vp-main").addEventListener(Enums.Events.IMAGE_RENDERED, () => listMeasurements());
-  $("clear-measurements").addEventListener("click", () => {
-    for (const item of annotationsOfMain()) annotation.state.removeAnnotation(item.annotationUID);
-    mainViewport().render();
-    listMeasurements();
-  });
-  $("save-boxes").addEventListener("click", async () => {
-    const message = $("review-message");
-    const pending = annotationsOfMain().filter(
-      (item) => item.metadata.toolName === RectangleROITool.toolName && !savedBoxes.has(item.annotationUID),
-    );
-    const label = $("box-label").value;
-    try {
-      const review = await saveBoxes(
-        current.image.imageId,
-        draftIds[current.image.imageId],
-        pending.map((item) => ({ label, box: boxOf(item) })),
-      );
-      draftIds[current.image.imageId] = review.id;
-      pending.forEach((item) => savedBoxes.add(item.annotationUID));
-      message.textContent = `Saved to your draft review ${review.id} (${review.findings.length} action(s)); sign it on the review page.`;
-      message.dataset.reviewId = String(review.id);
-    } catch (error) {
-      message.textContent = `Not saved: ${error.message}`;
-    }
-    listMeasurements();
-  });
-}
-
 // ----------------------------------------------------------------------------------------- priors
 
 async function showPrior(study, image) {
@@ -460,7 +362,7 @@ async function main() {
     await setUp();
     wireWindowing();
     wireView();
-    wireMeasurements();
+    wireMeasurements({ current: () => current, viewport: mainViewport, draftIds });
     wirePriors();
     const select = $("image-select");
     select.addEventListener("change", () =>
