@@ -37,13 +37,19 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import covidet
 from covidet import DISCLAIMER
 from covidet.app.broker import BrokerError, Mosquitto, find_mosquitto, start_mosquitto
 from covidet.app.processes import free_port, port_is_free, wait_for_port
 from covidet.config import Settings
+
+if TYPE_CHECKING:  # imported when the demo runs (the store and the runner pull in the whole system)
+    from sqlalchemy.orm import Session
+
+    from covidet.runner import Services
+    from covidet.store import Database
 
 __all__ = [
     "DEMO_ADMIN",
@@ -94,7 +100,7 @@ class DemoAccounts:
     sensor_password: str | None
 
 
-def _set_user(session: Any, username: str, role: str, password: str) -> None:
+def _set_user(session: Session, username: str, role: str, password: str) -> None:
     from covidet.api.auth import hash_password
     from covidet.store import review_queries as rq
 
@@ -111,7 +117,7 @@ def _set_user(session: Any, username: str, role: str, password: str) -> None:
 
 
 def register_demo(
-    db: Any,
+    db: Database,
     *,
     admin: str = DEMO_ADMIN,
     radiologist: str = DEMO_RADIOLOGIST,
@@ -175,7 +181,7 @@ def _say(out: TextIO, text: str = "") -> None:
     out.flush()
 
 
-def _assessment_counts(db: Any) -> dict[str, int]:
+def _assessment_counts(db: Database) -> dict[str, int]:
     from sqlalchemy import func, select
 
     from covidet.store.models import Image
@@ -245,7 +251,7 @@ class _DemoRun:
         kept = "deleted on exit" if self.temporary else "kept"
         _say(self.out, f"  Data:         {self.home} ({kept})")
 
-    def simulate(self, services: Any) -> None:
+    def simulate(self, services: Services) -> None:
         """Announce, then run the simulator and report; on the announcer thread."""
         from covidet.simulate.runner import SimulationConfig, run_simulation
 
@@ -303,7 +309,7 @@ class _DemoRun:
         _say(self.out, f"{line} ({time.monotonic() - begun:.1f} s)")
         self._watch(services.runtime.db, expected=images.acknowledged if images else 0)
 
-    def _watch(self, db: Any, *, expected: int) -> None:
+    def _watch(self, db: Database, *, expected: int) -> None:
         """Print one line when every stored image has been assessed (or failed)."""
         if expected <= 0:
             return
@@ -424,7 +430,7 @@ def run_demo(
         )
         current = run
 
-        def on_started(services: Any) -> None:
+        def on_started(services: Services) -> None:
             nonlocal announcer
             serving.set()
             announcer = threading.Thread(

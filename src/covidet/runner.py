@@ -25,9 +25,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from covidet.config import Settings
+
+if TYPE_CHECKING:  # the parts are imported when started: a process imports only what it runs
+    from covidet.ingest.dicom_scp import DicomReceiver
+    from covidet.ingest.mqtt_subscriber import VitalsSubscriber
+    from covidet.worker.retriage import RetriageQueue
+    from covidet.worker.runtime import Runtime
 
 __all__ = ["Services", "run_services", "start_services"]
 
@@ -43,11 +49,11 @@ class Services:
     :meth:`stop_intake` stops the ways in (reverse order of start), :meth:`stop` everything: both
     within a deadline, and both may be called more than once."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.dicom: Any = None
-        self.mqtt: Any = None
-        self.retriage: Any = None
+        self.dicom: DicomReceiver | None = None
+        self.mqtt: VitalsSubscriber | None = None
+        self.retriage: RetriageQueue | None = None
         self._stops: list[Callable[[float], object]] = []
         self._lock = threading.Lock()
 
