@@ -278,6 +278,18 @@ def test_findscu_patient_root_patient_series_and_image_levels(archive: Archive, 
         (archive.sr_uid, "1.2.840.10008.5.1.4.1.1.88.34")
     ]
 
+    # By SOP Instance UID alone (no study or series key): found through its study.
+    _, found = findscu(
+        archive, tmp_path / "by-sop", "-S", *keys(QueryRetrieveLevel="IMAGE", SOPInstanceUID=archive.sr_uid)
+    )
+    assert [(f.SOPInstanceUID, f.StudyInstanceUID, f.SeriesInstanceUID) for f in found] == [
+        (archive.sr_uid, RG1_STUDY, sr_series)
+    ]
+    _, found = findscu(
+        archive, tmp_path / "no-sop", "-S", *keys(QueryRetrieveLevel="IMAGE", SOPInstanceUID="1.2.3")
+    )
+    assert found == []
+
     # The PNG upload is a DX study.
     _, found = findscu(
         archive,

@@ -11,7 +11,7 @@ of the levels down to the query's and ``RetrieveAETitle``.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -91,6 +91,14 @@ def find_matches(session: Session, keys: QueryKeys, *, limit: int | None = None)
     """The patients, studies, series or instances (by ``keys.level``) matching ``keys``, newest study
     first. Raises :class:`TooManyMatches` when there are more than ``limit``, counted in the database
     before anything is loaded when no key narrows the matches below the studies."""
+    if keys.level == "IMAGE" and keys.sop_uids and not keys.study.study_uids:
+        # By SOP Instance UIDs alone (no StudyInstanceUID): find their studies by UID first, so the
+        # request never loads the whole archive.
+        held = [record for uid in keys.sop_uids for record in instances(session, sop_uid=uid)]
+        if not held:
+            return []
+        studies_of = tuple(dict.fromkeys(record.study_instance_uid for record in held))
+        keys = replace(keys, study=replace(keys.study, study_uids=studies_of))
     if limit is not None and not _narrowed_below_studies(keys):
         studies_held, patients_held = count_studies(session, keys.study)
         if (patients_held if keys.level == "PATIENT" else studies_held) > limit:
