@@ -50,6 +50,7 @@ def test_study_search_with_matching_keys(archive_db: Archive, data_root: Path) -
     assert ids(StudyDate="-20031231") == []
     assert ids(ModalitiesInStudy="SR") == ["9RG1"]
     assert ids(ModalitiesInStudy="DX") == ["P-JPEG"]
+    assert ids(ModalitiesInStudy="*") == ["9RG1", "P-JPEG"]
     assert ids(AccessionNumber="exam Number") == ["9RG1"]
     assert ids(StudyInstanceUID=f"{archive.study_uid},{upload_uid}") == ["9RG1", "P-JPEG"]
     assert ids(**{"0020000D": upload_uid}) == ["P-JPEG"]  # a key named by its tag

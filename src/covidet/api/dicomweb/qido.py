@@ -66,7 +66,7 @@ def _header(store: ImageStore, record: aq.InstanceRecord) -> Dataset:
 
 
 def _matches(params: SearchParams, series: aq.SeriesRecord) -> bool:
-    return (params.modality in (None, "*", series.modality)) and (
+    return (params.modality in (None, series.modality)) and (
         not params.series_uids or series.series_instance_uid in params.series_uids
     )
 

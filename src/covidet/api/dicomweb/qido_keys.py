@@ -104,6 +104,11 @@ def _date(text: str, name: str) -> date | None:
         raise bad_request(f"{name}={text!r} is not a calendar date") from None
 
 
+def _code(value: str | None) -> str | None:
+    """A code string key (Modality): ``None`` for any (absent, empty or ``*``)."""
+    return None if value in (None, "", "*") else value
+
+
 def _integer(params: QueryParams, name: str, default: int, maximum: int) -> int:
     text = params.get(name)
     if text is None:
@@ -152,9 +157,9 @@ def parse_search(
             study_description=values.get("StudyDescription") or None,
             date_from=_date(low, "StudyDate"),
             date_to=_date(high, "StudyDate"),
-            modality=values.get("ModalitiesInStudy") or None,
+            modality=_code(values.get("ModalitiesInStudy")),
         ),
-        modality=values.get("Modality") or None,
+        modality=_code(values.get("Modality")),
         series_uids=series_uids,
         sop_uids=_uids(values["SOPInstanceUID"]) if values.get("SOPInstanceUID") else (),
         sop_class_uids=_uids(values["SOPClassUID"]) if values.get("SOPClassUID") else (),
