@@ -211,7 +211,7 @@ def test_h3_with_normal_vitals_and_u2_with_strong_image() -> None:
 def test_pooled_disease_probability_names_both_classes() -> None:
     result = triage(assess([1, 2], [0.8, 0.6]), [], [], now=NOW)
     assert result.disease_probability == pytest.approx(1.4 / 1.6, abs=1e-5)
-    assert result.reasons[0] == "covid19 0.50, pneumonia 0.37 (disease 0.87; positive: ≥ 0.50)"
+    assert result.reasons[0] == "covid19 0.50, pneumonia 0.37 (disease score 0.87; positive: ≥ 0.50)"
 
 
 def test_r1_normal_vitals_and_negative_image() -> None:
@@ -225,7 +225,7 @@ def test_r1_normal_vitals_and_negative_image() -> None:
     assert result.reasons == [
         "partial NEWS2 0 over 4 of 5 parameters (SpO2, respiratory rate, temperature, heart rate) "
         "in the last 30 min",
-        "image negative: disease probability 0.05 (< 0.50)",
+        "image negative: AI disease score 0.05 (< 0.50)",
         "not measured in the last 30 min: systolic BP",
     ]
 

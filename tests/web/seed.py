@@ -63,7 +63,7 @@ def seed_room(env: ApiEnv, data_root: Path) -> Room:
         priority="routine",
         received_at=hours_ago(1),
         label="normal",
-        reasons=["image negative: disease probability 0.20 (< 0.50)"],
+        reasons=["image negative: AI disease score 0.20 (< 0.50)"],
     )
     b = seed_image(
         env,
@@ -82,7 +82,7 @@ def seed_room(env: ApiEnv, data_root: Path) -> Room:
         priority="routine",
         received_at=hours_ago(5),
         label="normal",
-        reasons=["image negative: disease probability 0.20 (< 0.50)"],
+        reasons=["image negative: AI disease score 0.20 (< 0.50)"],
     )
     group(
         env, a1.study_id, [a1.image_id, a2.image_id], accession_number="ACC-1001", description="CHEST PA+LAT"

@@ -288,7 +288,7 @@ def _image_reason(
         return "image not analysed yet"
     probs = {d: float(assessment.probabilities.get(d, 0.0)) for d in _DISEASES}
     if not positive:
-        return f"image negative: disease probability {disease_p:.2f} (< {t.positive_threshold:.2f})"
+        return f"image negative: AI disease score {disease_p:.2f} (< {t.positive_threshold:.2f})"
     if assessment.label in _DISEASES:
         named = Label(assessment.label)
     else:
@@ -301,13 +301,13 @@ def _image_reason(
     text += _side_text(findings, named, assessment.threshold, image_width)
     qualifier = []
     if pooled:
-        qualifier.append(f"disease {disease_p:.2f}")
+        qualifier.append(f"disease score {disease_p:.2f}")
     if strong:
         qualifier.append(f"strongly positive: ≥ {t.strong_threshold:.2f}")
     elif disease_p >= t.positive_threshold:
         qualifier.append(f"positive: ≥ {t.positive_threshold:.2f}")
     else:
-        qualifier.append(f"positive by the detector's decision; disease {disease_p:.2f}")
+        qualifier.append(f"positive by the detector's decision; disease score {disease_p:.2f}")
     return f"{text} ({'; '.join(dict.fromkeys(qualifier))})"
 
 
