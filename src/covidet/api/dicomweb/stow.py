@@ -127,6 +127,7 @@ def _store_all(
     studies: list[str] = []
     for number, part in enumerate(parts, start=1):
         data = bytes(part.data)
+        part.data = bytearray()  # one copy of each instance at a time, not two of the whole body
         dataset = _parse(data)
         sop_class, sop_uid = _uid(dataset, "SOPClassUID"), _uid(dataset, "SOPInstanceUID")
         study_uid, series_uid = _uid(dataset, "StudyInstanceUID"), _uid(dataset, "SeriesInstanceUID")
