@@ -15,6 +15,7 @@ The bundle is built by ``make viewer``; without it these tests fail (they do not
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from sqlalchemy import select
 
 from covidet.store.models import AuditEvent
 from tests.e2e import viewer3d_support as support
-from tests.e2e.test_web import screenshot, wait_until
+from tests.e2e.test_web import CHROMIUM_ARGS, chromium_path, screenshot, wait_until
 from tests.e2e.viewer3d_support import (
     EXPECTED_PATIENT_ID,
     ViewerDeployment,
@@ -33,6 +34,7 @@ from tests.e2e.viewer3d_support import (
     drag,
     monochrome1_grey,
     set_window,
+    sign_in_viewer,
 )
 
 # The fixtures (pytest finds them by name in this module).
@@ -222,3 +224,32 @@ def test_presets_of_an_8_bit_image_are_scaled_and_said_so(
     playwright_api.expect(viewer.locator("#ww")).to_have_value("94")
     playwright_api.expect(viewer.locator("#wc")).to_have_value("27")
     assert not viewer.errors, viewer.errors
+
+
+def test_cpu_rendering_without_webgl(browser: Any, viewer_deployment: ViewerDeployment) -> None:
+    """In a browser without WebGL Cornerstone falls back to its CPU path; the page says so, and the
+    displayed grey still follows the VOI LUT of the stored values; zoom, lengths and the JPEG 2000
+    prior work there too."""
+    cpu_only = browser.browser_type.launch(
+        executable_path=chromium_path(), args=[*CHROMIUM_ARGS, "--disable-webgl", "--disable-3d-apis"]
+    )
+    try:
+        page = sign_in_viewer(cpu_only, viewer_deployment)
+        playwright_api.expect(page.locator("#render-mode")).to_contain_text("CPU rendering")
+        value = centre_value(viewer_deployment)
+        for offset in (-300.0, 300.0):
+            set_window(page, 1000, value + offset)
+            grey, expected = centre_grey(page), monochrome1_grey(value, 1000, value + offset)
+            assert abs(grey - expected) <= 25, (offset, grey, expected)
+        page.click("#zoom-in")
+        playwright_api.expect(page.locator("#vp-main")).to_have_attribute("data-zoom", re.compile(r"\d"))
+        page.check('input[name="tool"][value="Length"]')
+        drag(page, (0.35, 0.4), (0.6, 0.6))
+        playwright_api.expect(page.locator('#measurements li[data-tool="Length"]')).to_contain_text("px")
+        page.click("#priors .prior-button")
+        playwright_api.expect(page.locator("#prior-pane")).to_have_attribute(
+            "data-state", "ready", timeout=60_000
+        )
+        assert not page.errors, page.errors
+    finally:
+        cpu_only.close()

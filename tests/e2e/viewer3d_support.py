@@ -152,18 +152,16 @@ def viewer_deployment(
         services.stop()
 
 
-@pytest.fixture(scope="module")
-def viewer(viewer_deployment: ViewerDeployment, browser: Any) -> Iterator[Any]:
-    """The viewer of the RG1 study, signed in as the radiologist, its image drawn."""
-    context = browser.new_context(
-        viewport={"width": 1440, "height": 1000}, base_url=viewer_deployment.base_url
-    )
+def sign_in_viewer(browser: Any, deployment: ViewerDeployment) -> Any:
+    """A new page of ``browser`` on the viewer of the RG1 study, signed in as the radiologist through
+    the sign-in form, its image drawn; ``page.errors`` collects page errors and console errors."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, base_url=deployment.base_url)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.errors = errors  # type: ignore[attr-defined]
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    target = f"/viewer/studies/{viewer_deployment.study_uid}"
+    target = f"/viewer/studies/{deployment.study_uid}"
     page.goto(target)
     assert "/login" in page.url
     page.get_by_label("Username").fill("rad")
@@ -173,8 +171,15 @@ def viewer(viewer_deployment: ViewerDeployment, browser: Any) -> Iterator[Any]:
     playwright_api.expect(page.locator("#viewer-status")).to_have_attribute(
         "data-state", "ready", timeout=60_000
     )
+    return page
+
+
+@pytest.fixture(scope="module")
+def viewer(viewer_deployment: ViewerDeployment, browser: Any) -> Iterator[Any]:
+    """The viewer of the RG1 study in the web tests' Chromium (see :func:`sign_in_viewer`)."""
+    page = sign_in_viewer(browser, viewer_deployment)
     yield page
-    context.close()
+    page.context.close()
 
 
 # ------------------------------------------------------------------------------------------ helpers

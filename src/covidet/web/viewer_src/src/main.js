@@ -100,7 +100,8 @@ async function setUp() {
 function trackZoom(element, viewportId) {
   element.addEventListener(Enums.Events.CAMERA_MODIFIED, () => {
     const viewport = engine.getViewport(viewportId);
-    if (viewport) element.dataset.zoom = viewport.getZoom().toFixed(4);
+    const zoom = viewport ? viewport.getZoom() : undefined;
+    if (Number.isFinite(zoom)) element.dataset.zoom = zoom.toFixed(4);
   });
 }
 

@@ -23,14 +23,16 @@ const $ = (id) => document.getElementById(id);
 const savedBoxes = new Set(); // annotation UIDs already saved to the review
 let view = null; // { current: () => the shown image, viewport: () => its viewport, draftIds }
 
+const fixed = (number, digits = 1) => (Number.isFinite(number) ? number.toFixed(digits) : "–");
+
 function describe(item, current) {
   const name = item.metadata.toolName;
   const stats = Object.values(item.data.cachedStats || {})[0] || {};
   const unit = stats.unit || "px";
-  if (name === LengthTool.toolName && stats.length !== undefined) return `Length ${stats.length.toFixed(1)} ${unit}`;
-  if (name === AngleTool.toolName && stats.angle !== undefined) return `Angle ${stats.angle.toFixed(1)}°`;
+  if (name === LengthTool.toolName && stats.length !== undefined) return `Length ${fixed(stats.length)} ${unit}`;
+  if (name === AngleTool.toolName && stats.angle !== undefined) return `Angle ${fixed(stats.angle)}°`;
   if (name === EllipticalROITool.toolName && stats.mean !== undefined) {
-    return `Ellipse mean ${stats.mean.toFixed(1)}, SD ${stats.stdDev.toFixed(1)}, area ${stats.area.toFixed(1)} ${stats.areaUnit || ""}`;
+    return `Ellipse mean ${fixed(stats.mean)}, SD ${fixed(stats.stdDev)}, area ${fixed(stats.area)} ${stats.areaUnit || ""}`;
   }
   if (name === RectangleROITool.toolName) {
     const box = boxOf(item, current);
