@@ -160,6 +160,9 @@ def test_who_may_store(served: Served, rg1_dicom: Path) -> None:
             return http.post("/studies", content=body, headers={"Content-Type": STOW_TYPE, **headers})
 
         assert post({}).status_code == 401
+        with served.env.db.session() as session:
+            (refused,) = session.scalars(select(RejectedMessage)).all()
+        assert refused.channel == "dicomweb" and refused.source == "client 127.0.0.1"
         assert post({"X-API-Key": "cvd_wrong"}).status_code == 401
         assert post({"Authorization": "Bearer wrong"}).status_code == 401
         assert post(served.tokens["rad"]).status_code == 403

@@ -28,7 +28,14 @@ from pydicom.dataset import Dataset
 from starlette.requests import ClientDisconnect
 
 from covidet.api.auth import get_current_user, record_audit
-from covidet.api.deps import API_KEY_HEADER, AuthenticatedDevice, DatabaseDep, IngestDep, get_current_device
+from covidet.api.deps import (
+    API_KEY_HEADER,
+    AuthenticatedDevice,
+    DatabaseDep,
+    IngestDep,
+    client_label,
+    get_current_device,
+)
 from covidet.api.dicomweb.common import service_root
 from covidet.api.dicomweb.dicomjson import to_json
 from covidet.api.dicomweb.media import parse_media_type
@@ -89,10 +96,10 @@ async def _sender(request: Request, db: Database, ingest: ImageIngest) -> Sender
             await run_in_threadpool(ingest.reject, CHANNEL, device.name, reason, None)
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail=reason)
         return Sender(device.name, device.id)
+    reason = f"not authenticated: send a device's {API_KEY_HEADER} or an admin's bearer token"
+    await run_in_threadpool(ingest.reject, CHANNEL, client_label(request), f"STOW-RS: {reason}", None)
     raise HTTPException(
-        status.HTTP_401_UNAUTHORIZED,
-        detail=f"not authenticated: send a device's {API_KEY_HEADER} or an admin's bearer token",
-        headers={"WWW-Authenticate": 'Bearer realm="covidet"'},
+        status.HTTP_401_UNAUTHORIZED, detail=reason, headers={"WWW-Authenticate": 'Bearer realm="covidet"'}
     )
 
 
