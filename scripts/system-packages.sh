@@ -5,6 +5,7 @@
 #                                     servers and clients the test suite starts on loopback (nothing is enabled
 #                                     as a system service by covidet; Debian may start its own)
 #   scripts/system-packages.sh demo   Mosquitto (the demo's private MQTT broker) and dcmtk (a real DICOM sender)
+#   (both: Node.js and npm when no npm is on the PATH, to build the diagnostic viewer's JavaScript)
 #
 # As root it runs apt-get itself; otherwise through sudo (asking for a password only on a terminal).
 # Where neither is possible, or on a system without apt-get, it stops with the command to run by hand.
@@ -15,6 +16,11 @@ case "${1:-}" in
   demo) wanted=(mosquitto mosquitto-clients dcmtk) ;;
   *) echo "usage: $0 test|demo" >&2; exit 2 ;;
 esac
+# The diagnostic viewer's JavaScript is built with npm (make viewer). Debian's nodejs/npm only where no
+# Node.js is on the PATH: a NodeSource or nvm installation is used as it is (Debian's npm conflicts with it).
+if ! command -v npm >/dev/null 2>&1; then
+  wanted+=(nodejs npm)
+fi
 
 missing=()
 for package in "${wanted[@]}"; do
