@@ -33,9 +33,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from covidet.detection._seeding import seed_everything, worker_init
 from covidet.detection.data import DatasetError, DetectionDataset, load_records
 from covidet.detection.model import Backbone, Norm, build_detector
-from covidet.detection.train import _seed_everything, _worker_init
 from covidet.detection.transforms import Compose, RandomContrast, RandomResolution, ResizeLongerSide
 
 __all__ = [
@@ -208,7 +208,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     """Run SimCLR on the images of ``config.split`` and write ``config.out / "backbone.pt"`` (and
     ``metrics.csv``: epoch, loss, pair_accuracy, lr, seconds). CPU only: this is the small-data,
     no-GPU path; the backbone is small enough (MobileNetV3) for a few hundred epochs in an hour."""
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     records = load_records(config.data, split=config.split, tier=config.tier, seed=config.seed)
     if len(records) < 2:
         raise DatasetError(
@@ -229,7 +229,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         shuffle=True,
         drop_last=True,  # NT-Xent needs full batches: a batch of 1 has no negatives
         num_workers=config.workers,
-        worker_init_fn=_worker_init,
+        worker_init_fn=worker_init,
         persistent_workers=config.workers > 0,
         generator=torch.Generator().manual_seed(config.seed),
     )
