@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 __all__ = [
     "CLASS_NAMES",
+    "AnalysisQueue",
     "Assessment",
     "Box",
     "Finding",
@@ -114,3 +116,16 @@ class VitalSign:
     respiratory_rate_per_min: float | None = None
     systolic_bp_mmhg: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ ports
+
+
+class AnalysisQueue(Protocol):
+    """Where ingest hands an accepted image over. ``enqueue`` must return quickly (no analysis).
+
+    A port: ``covidet.ingest`` depends on it, the worker's queues (in-process, Celery) implement it,
+    so ingest never imports the worker.
+    """
+
+    def enqueue(self, image_id: int) -> None: ...

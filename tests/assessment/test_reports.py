@@ -32,7 +32,7 @@ from covidet.assessment.reports import (
 )
 from covidet.domain import Assessment, Box, Finding, Label, Priority, VitalSign
 from covidet.imaging import XRayImage, read_image
-from covidet.ingest.forward import ForwardError, forward_to_pacs
+from covidet.pacs.forward import ForwardError, forward_to_pacs
 from tests.servers import find_binary, free_port
 
 CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"

@@ -125,7 +125,7 @@ def publish_review_sr(
     obj = archive_review_sr(db, store, review_id)
     if obj is None or not settings.pacs_host:
         return obj
-    from covidet.ingest.forward import forward_to_pacs
+    from covidet.pacs.forward import forward_to_pacs
 
     try:
         status = forward_to_pacs(

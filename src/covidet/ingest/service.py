@@ -25,13 +25,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy.exc import IntegrityError
 
+from covidet.domain import AnalysisQueue
 from covidet.imaging.reader import ImageHeader, ImageReadError
 from covidet.imaging.validate import NotChestRadiograph, validate_image
 from covidet.ingest.storage import ImageStore
 from covidet.store import queries
 from covidet.store.db import Database
 from covidet.store.models import Image, ImageStatus
-from covidet.worker.queue import AnalysisQueue
 
 __all__ = ["ACCEPTED_SOP_CLASSES", "AcceptResult", "ImageIngest", "IngestRejected", "RejectionKind"]
 

@@ -15,22 +15,16 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Protocol
 
 from sqlalchemy import select
 
+from covidet.domain import AnalysisQueue
 from covidet.store.db import Database
 from covidet.store.models import Image, ImageStatus
 
 __all__ = ["AnalysisQueue", "InProcessQueue", "requeue_pending"]
 
 logger = logging.getLogger(__name__)
-
-
-class AnalysisQueue(Protocol):
-    """Where ingest hands an accepted image over. ``enqueue`` must return quickly (no analysis)."""
-
-    def enqueue(self, image_id: int) -> None: ...
 
 
 class InProcessQueue:

@@ -188,7 +188,7 @@ def forward_report(db: Database, store: ImageStore, image_id: int, settings: Set
     AI result as a TID 1500 SR (``docs/dicom-sr.md``), whose status is logged. A PNG/JPEG upload (or a
     header without a series UID) has no DICOM image for an SR to refer to: it gets the capture only.
     """
-    from covidet.ingest.forward import forward_to_pacs
+    from covidet.pacs.forward import forward_to_pacs
     from covidet.reports import SourceNotDicom, ai_structured_report
 
     def send(kind: str, dataset: Any) -> int:
