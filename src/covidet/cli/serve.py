@@ -87,7 +87,9 @@ def dicom_scp(
 
 
 def _retriager(settings: Any, db: Any) -> Any:
-    """A callback that re-triages the analysed images of patients whose vital signs just arrived.
+    """A :class:`~covidet.worker.retriage.RetriageQueue` that re-triages the analysed images of patients
+    whose vital signs just arrived, on its own thread, so the MQTT writer never waits on triage (as
+    ``covidet serve`` does).
 
     Triage only reads the database (no detector is loaded here); its events go to Redis when the
     deployment uses Celery, so the web app hears about new alerts.
@@ -99,11 +101,9 @@ def _retriager(settings: Any, db: Any) -> Any:
     events = RedisEvents(settings.redis_url) if settings.queue == "celery" else InProcessEvents()
     analyzer = Analyzer(settings, db, ImageStore(settings.image_store_dir), events=events)
 
-    def retriage(patient_ids: set[int]) -> None:
-        for patient_id in patient_ids:
-            analyzer.retriage_patient(patient_id)
+    from covidet.worker.retriage import RetriageQueue
 
-    return retriage
+    return RetriageQueue(analyzer.retriage_patient)
 
 
 def mqtt_ingest(
@@ -154,7 +154,8 @@ def mqtt_ingest(
         )
     except (ValueError, OSError) as exc:  # e.g. an unreadable CA file
         raise fail(str(exc)) from exc
-    subscriber.on_stored = _retriager(settings, db)
+    retriage = _retriager(settings, db)
+    subscriber.on_stored = retriage.submit
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
@@ -178,6 +179,7 @@ def mqtt_ingest(
             )
     finally:
         subscriber.stop()
+        retriage.close()
         db.dispose()
 
 
