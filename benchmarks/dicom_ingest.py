@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/dicom_ingest.py --out benchmarks/results/dicom_ingest.json
     .venv/bin/python benchmarks/dicom_ingest.py --n 50 --repeat 1 --targets covidet --out /tmp/d.json
+    .venv/bin/python benchmarks/dicom_ingest.py --n 100 --repeat 1 --targets covidet,covidet-worker \
+        --encodings uncompressed --profile /tmp/prof --out /tmp/d.json
 
 What is measured: dcmtk's ``storescu`` sends ``--n`` real chest X-rays (the first rows of the dataset
 manifest, ``$COVIDET_DATA`` or ``../shared/data/cxr``, converted once to DX DICOM with
@@ -13,7 +15,11 @@ run; the median of ``--repeat`` runs is reported, with every run in the JSON.
 Targets, all on loopback, started by this script on free ports:
 
 - ``covidet``: ``covidet dicom-scp`` as users run it (its own process, SQLite database, fsync of
-  every file and ``synchronous=FULL`` commits before each acknowledgement, INFO logging).
+  every file and ``synchronous=FULL`` commits before each acknowledgement, INFO logging), with its
+  in-process analysis: the shipped model analyses while the receiver receives, on the same cores.
+- ``covidet-worker``: the same receiver with analysis out of process (``COVIDET_QUEUE=celery``, a
+  private Redis): every accepted image becomes a job in Redis, and no ``covidet worker`` runs during
+  the measurement, so the figure is the receiver's alone (the run records the jobs waiting in Redis).
 - ``orthanc``: the Debian Orthanc with a generated configuration (own storage folder, no plugins,
   any calling AE, ``SyncStorageArea`` on: fsync like covidet), with ``TCP_NODELAY=1``.
 - ``orthanc-default-env``: the same Orthanc without ``TCP_NODELAY`` in its environment, as its
@@ -25,6 +31,10 @@ Targets, all on loopback, started by this script on free ports:
 storescu and storescp always run with ``TCP_NODELAY=1``: without it dcmtk (3.6.7) leaves Nagle's
 algorithm on and every association stalls on delayed ACKs. covidet sets TCP_NODELAY on its own
 sockets.
+
+``--profile DIR`` adds one run per covidet target and encoding, not counted in the figures, under
+py-spy (``benchmarks/dicom_ingest_profile.py``): DIR gets the raw stacks and a "where the time goes"
+summary (text and JSON), also printed, and the report a ``profiles`` section.
 """
 
 from __future__ import annotations
@@ -37,53 +47,23 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from covidet.imaging.dicom_writer import dicom_bytes, xray_to_dicom
+from dicom_ingest_profile import render, start_recording, summarise  # benchmarks/ is on sys.path
+from dicom_ingest_targets import CALLING_AE, REPO, STARTERS, binary, dcmtk_env
 
-REPO = Path(__file__).resolve().parents[1]
 SUCCESS_LINE = "Received Store Response (Success)"
-CALLING_AE = "BENCHSCU"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with status {process.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
-
-
-def binary(path: str, package: str) -> str:
-    if not Path(path).is_file():
-        raise SystemExit(f"{path} not found: install the Debian package {package!r}")
-    return path
-
-
-def dcmtk_env() -> dict[str, str]:
-    return {**os.environ, "TCP_NODELAY": "1"}
+COVIDET_TARGETS = ("covidet", "covidet-worker")
+OTHERS = ("orthanc", "orthanc-default-env", "storescp", "pynetdicom-noop")
 
 
 # ------------------------------------------------------------------------------------ the images
@@ -172,163 +152,32 @@ def send(port: int, called_ae: str, files: list[Path], jpeg: bool) -> SendResult
     return SendResult(seconds, output.count(SUCCESS_LINE), syntaxes)
 
 
-# ------------------------------------------------------------------------------------ the targets
-
-
-@dataclass
-class Target:
-    """A started server: where to send, how many objects it holds, how to stop it."""
-
-    port: int
-    called_ae: str
-    count: Callable[[], int]
-    stop: Callable[[], None]
-    details: dict[str, object] = field(default_factory=dict)
-
-
-def _terminate(process: subprocess.Popen[bytes], log: Path | None = None) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    if log is not None and process.returncode not in (0, -15):
-        print(log.read_text()[-2000:], file=sys.stderr)
-
-
-def start_covidet(folder: Path) -> Target:
-    home = folder / "home"
-    env = {**os.environ, "COVIDET_HOME": str(home), "COVIDET_LOG_LEVEL": "INFO"}
-    env.pop("COVIDET_DATABASE_URL", None)
-    cli = [sys.executable, "-m", "covidet.cli"]
-    subprocess.run(
-        [*cli, "devices", "add", "bench-modality", "--kind", "modality", "--ae-title", CALLING_AE],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    log = folder / "covidet.log"
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            [*cli, "dicom-scp", "--port", str(port)], env=env, stdout=handle, stderr=handle
-        )
-    wait_for_port(port, process)
-
-    def count() -> int:
-        import sqlite3
-
-        with sqlite3.connect(home / "covidet.db") as conn:
-            return int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
-
-    return Target(port, "COVIDET", count, lambda: _terminate(process, log), {"database": "sqlite"})
-
-
-def start_orthanc(folder: Path, *, nodelay: bool = True) -> Target:
-    """Orthanc with a generated configuration; ``nodelay=False`` runs it as its Debian service does
-    (no TCP_NODELAY in the environment: dcmtk inside Orthanc leaves Nagle's algorithm on)."""
-    orthanc = binary("/usr/sbin/Orthanc", "orthanc")
-    dicom_port, http_port = free_port(), free_port()
-    config = {
-        "Name": "covidet-benchmark",
-        "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "index"),
-        "StorageCompression": False,
-        "Plugins": [],
-        "HttpServerEnabled": True,
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomServerEnabled": True,
-        "DicomAet": "ORTHANC",
-        "DicomPort": dicom_port,
-        "DicomCheckCalledAet": False,
-        "DicomAlwaysAllowStore": True,  # any calling AE title may store
-        "DicomAlwaysAllowEcho": True,
-        "UnknownSopClassAccepted": False,
-        "SyncStorageArea": True,  # fsync every file, like covidet
-        "SaveJobs": False,
-    }
-    config_path = folder / "orthanc.json"
-    config_path.write_text(json.dumps(config, indent=2))
-    log = folder / "orthanc.log"
-    with log.open("wb") as handle:
-        env = dcmtk_env() if nodelay else {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
-        process = subprocess.Popen([orthanc, str(config_path)], env=env, stdout=handle, stderr=handle)
-    wait_for_port(dicom_port, process)
-    wait_for_port(http_port, process)
-
-    def count() -> int:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/statistics", timeout=30) as response:
-            return int(json.load(response)["CountInstances"])
-
-    version = subprocess.run([orthanc, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    details = {"version": version, "TCP_NODELAY": "1" if nodelay else "unset (Nagle on)"}
-    return Target(dicom_port, "ORTHANC", count, lambda: _terminate(process, log), details)
-
-
-def start_storescp(folder: Path) -> Target:
-    storescp = binary("/usr/bin/storescp", "dcmtk")
-    out = folder / "received"
-    out.mkdir()
-    port = free_port()
-    # +xa: accept every transfer syntax it knows (JPEG arrives as JPEG); files written as received.
-    process = subprocess.Popen(
-        [storescp, "+xa", "-od", str(out), str(port)],
-        env=dcmtk_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port, process)
-    return Target(
-        port, "STORESCP", lambda: sum(1 for p in out.iterdir() if p.is_file()), lambda: _terminate(process)
-    )
-
-
-def start_pynetdicom_noop(folder: Path) -> Target:
-    """pynetdicom with covidet's contexts, PDU size and TCP_NODELAY, acknowledging without storing:
-    what the Python DICOM stack itself costs (the ceiling of any pynetdicom receiver)."""
-    from pynetdicom import AE, evt
-
-    from covidet.ingest.dicom_scp import ACCEPTED_TRANSFER_SYNTAXES, DEFAULT_MAX_PDU, set_tcp_nodelay
-    from covidet.ingest.service import ACCEPTED_SOP_CLASSES
-
-    received = [0]
-
-    def handle_store(event: object) -> int:
-        received[0] += 1
-        return 0x0000
-
-    ae = AE(ae_title="NOOP")
-    ae.maximum_pdu_size = DEFAULT_MAX_PDU
-    for sop_class in ACCEPTED_SOP_CLASSES:
-        ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
-    handlers = [(evt.EVT_C_STORE, handle_store), (evt.EVT_CONN_OPEN, set_tcp_nodelay)]
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-    assert server is not None
-    return Target(int(server.server_address[1]), "NOOP", lambda: received[0], server.shutdown)
-
-
-STARTERS: dict[str, Callable[[Path], Target]] = {
-    "covidet": start_covidet,
-    "orthanc": start_orthanc,
-    "orthanc-default-env": lambda folder: start_orthanc(folder, nodelay=False),
-    "storescp": start_storescp,
-    "pynetdicom-noop": start_pynetdicom_noop,
-}
-
-
 # ------------------------------------------------------------------------------------ driver
 
 
-def run(target_name: str, corpus: Corpus, jpeg: bool, scratch: Path) -> dict[str, object]:
+def run(
+    target_name: str, corpus: Corpus, jpeg: bool, scratch: Path, profile: Path | None = None
+) -> dict[str, object]:
+    """One fresh target, one storescu association; ``profile``: record py-spy's raw stacks of the
+    receiving process there, from just before the first image to the last acknowledgement."""
     folder = Path(tempfile.mkdtemp(prefix=f"{target_name}-", dir=scratch))
     files = corpus.jpeg if jpeg else corpus.uncompressed
     target = STARTERS[target_name](folder)
+    after: dict[str, object] = {}
     try:
-        result = send(target.port, target.called_ae, files, jpeg)
+        recording = None
+        if profile is not None:
+            if target.pid is None:
+                raise SystemExit(f"--profile: {target_name} has no process of its own to profile")
+            recording = start_recording(target.pid, profile)
+        try:
+            result = send(target.port, target.called_ae, files, jpeg)
+        finally:
+            if recording is not None:
+                recording.stop()
         stored = target.count()
+        if target.after is not None:
+            after = target.after()
     finally:
         target.stop()
         shutil.rmtree(folder, ignore_errors=True)
@@ -343,7 +192,38 @@ def run(target_name: str, corpus: Corpus, jpeg: bool, scratch: Path) -> dict[str
         "stored": stored,
         "transfer_syntax": result.transfer_syntaxes,
         **target.details,
+        **after,
     }
+
+
+def profile_run(
+    target_name: str, encoding: str, corpus: Corpus, scratch: Path, folder: Path
+) -> dict[str, object]:
+    """An extra run of a covidet target under py-spy (not counted: sampling slows it); writes the
+    raw stacks and the summary (text, JSON) into ``folder`` and prints the text."""
+    stem = folder / f"{target_name}-{encoding}"
+    raw = stem.with_suffix(".pyspy.txt")
+    measured = run(target_name, corpus, encoding == "jpeg", scratch, profile=raw)
+    summary = summarise(raw)
+    text = render(f"{target_name}, {encoding}, {measured['images_per_s']} images/s under py-spy", summary)
+    stem.with_suffix(".summary.txt").write_text(text)
+    stem.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(text, file=sys.stderr)
+    return {"raw": str(raw), "images_per_s_while_profiled": measured["images_per_s"], "summary": summary}
+
+
+def ratios_of(results: dict[str, dict[str, dict[str, object]]]) -> dict[str, float]:
+    """covidet's figures over the others' (and the worker configuration over the in-process one)."""
+    ratios = {}
+    for encoding, by_target in results.items():
+        for ours in COVIDET_TARGETS:
+            mine = by_target.get(ours, {}).get("images_per_s_median")
+            others = OTHERS + (("covidet",) if ours == "covidet-worker" else ())
+            for other in others:
+                theirs = by_target.get(other, {}).get("images_per_s_median")
+                if mine and theirs:
+                    ratios[f"{encoding}: {ours}/{other}"] = round(float(mine) / float(theirs), 2)  # type: ignore[arg-type]
+    return ratios
 
 
 def main() -> None:
@@ -354,13 +234,23 @@ def main() -> None:
     )
     parser.add_argument(
         "--targets",
-        default="covidet,orthanc,orthanc-default-env,storescp,pynetdicom-noop",
-        help="comma-separated",
+        default=",".join(COVIDET_TARGETS + OTHERS),
+        help="comma-separated, of: " + ", ".join(STARTERS),
     )
     parser.add_argument("--encodings", default="uncompressed,jpeg", help="comma-separated")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "dicom_ingest.json")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="also run each covidet target once per encoding under py-spy (not counted) and write "
+        "where its time goes into DIR",
+    )
     args = parser.parse_args()
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = sorted(set(targets) - set(STARTERS))
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(STARTERS)}")
     encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
 
     scratch = Path(tempfile.mkdtemp(prefix="covidet-dicom-bench-"))
@@ -374,16 +264,17 @@ def main() -> None:
                 summary = {"images_per_s_median": round(statistics.median(rates), 1), "runs": runs}
                 results.setdefault(encoding, {})[target_name] = summary
                 print(
-                    f"{encoding:>12} {target_name:>9}: {summary['images_per_s_median']:7.1f} images/s",
+                    f"{encoding:>12} {target_name:>19}: {summary['images_per_s_median']:7.1f} images/s",
                     file=sys.stderr,
                 )
-        ratios = {}
-        for encoding, by_target in results.items():
-            covidet = by_target.get("covidet", {}).get("images_per_s_median")
-            for other in ("orthanc", "orthanc-default-env", "storescp", "pynetdicom-noop"):
-                theirs = by_target.get(other, {}).get("images_per_s_median")
-                if covidet and theirs:
-                    ratios[f"{encoding}: covidet/{other}"] = round(float(covidet) / float(theirs), 2)  # type: ignore[arg-type]
+        ratios = ratios_of(results)
+        profiles: dict[str, dict[str, object]] = {}
+        if args.profile is not None:
+            for encoding in encodings:
+                for target_name in (t for t in targets if t in COVIDET_TARGETS):
+                    profiles.setdefault(encoding, {})[target_name] = profile_run(
+                        target_name, encoding, corpus, scratch, args.profile
+                    )
         report = {
             "benchmark": "DICOM C-STORE ingest throughput, one association, loopback",
             "command": "python benchmarks/dicom_ingest.py " + " ".join(sys.argv[1:]),
@@ -404,6 +295,7 @@ def main() -> None:
             "repeat": args.repeat,
             "results": results,
             "ratios": ratios,
+            **({"profiles": profiles} if profiles else {}),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
