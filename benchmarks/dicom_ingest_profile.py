@@ -98,7 +98,11 @@ def _can_attach(binary: str, pid: int, extra: list[str]) -> str | None:
     result = subprocess.run(
         [binary, "dump", "--pid", str(pid), *extra], capture_output=True, text=True, timeout=60
     )
-    return None if result.returncode == 0 else (result.stderr or result.stdout).strip()[-800:]
+    if result.returncode == 0:
+        return None
+    lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+    # py-spy's reason is its "Error: ..." line; a Rust backtrace may follow it
+    return next((line for line in lines if line.startswith("Error")), lines[0] if lines else "no output")
 
 
 @dataclass
@@ -135,7 +139,7 @@ def start_recording(pid: int, output: Path) -> Recording:
         second = _can_attach(binary, pid, options)
         if second is not None:
             raise ProfilerUnavailable(
-                f"py-spy cannot read process {pid} ({error.splitlines()[-1] if error else 'no output'}). "
+                f"py-spy cannot read process {pid} ({error}; with --nonblocking: {second}). "
                 "It needs ptrace permission over the receiver: run the benchmark as root, or give the "
                 "container CAP_SYS_PTRACE (docker run --cap-add SYS_PTRACE), or set "
                 "kernel.yama.ptrace_scope=0 (sysctl)."
