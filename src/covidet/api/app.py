@@ -40,6 +40,7 @@ from covidet.api.routes import (
     images,
     reviews,
     studies,
+    uploads,
     users,
     vitals,
     worklist,
@@ -166,7 +167,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         # The upload route refuses (and records) a body past its own limit first; this is the backstop,
         # set a margin higher so that one network read never crosses both limits at once.
-        max_upload_bytes=ingest.max_bytes + images.FORM_OVERHEAD_BYTES + UPLOAD_MARGIN_BYTES,
+        max_upload_bytes=ingest.max_bytes + uploads.FORM_OVERHEAD_BYTES + UPLOAD_MARGIN_BYTES,
     )
     app.add_middleware(_SecurityHeaders)
     app.add_middleware(StrictTransportSecurity, max_age=settings.hsts_seconds)
@@ -205,6 +206,7 @@ def create_app(
         auth,
         worklist,
         studies,
+        uploads,  # POST /images, before the reads of images as when they were one router
         images,
         vitals,
         reviews,
