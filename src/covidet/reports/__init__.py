@@ -2,7 +2,9 @@
 highdicom: the AI result of an image (:func:`ai_structured_report`) and a signed radiologist review
 that refers to it (:func:`review_structured_report`). See ``docs/dicom-sr.md``.
 
-The FHIR DiagnosticReport and the DICOM Secondary Capture are in :mod:`covidet.assessment.reports`.
+The FHIR DiagnosticReport is in :mod:`covidet.reports.fhir`, the DICOM Secondary Capture in
+:mod:`covidet.reports.dicom_sc`, what every report says in :mod:`covidet.reports.context`
+(:mod:`covidet.assessment.reports` re-exports them, with ``write_report``).
 """
 
 from covidet.reports.dicom_sr import (

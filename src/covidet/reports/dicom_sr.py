@@ -1,7 +1,7 @@
 """The AI result of one X-ray as a DICOM Comprehensive 3D SR following TID 1500 (Measurement Report),
 the format of the IHE AI Results (AIR) profile, built with highdicom.
 
-A pure function of a :class:`~covidet.assessment.reports.ReportContext` and the source image's DICOM
+A pure function of a :class:`~covidet.reports.context.ReportContext` and the source image's DICOM
 header (no database, no pixels): :func:`ai_structured_report`. The document holds
 
 * the observation context of a **device** observer (covidet, with the model name and version);
@@ -36,8 +36,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 from covidet import DISCLAIMER, __version__
-from covidet.assessment.reports import ReportContext, write_atomically
 from covidet.domain import Box, Label
+from covidet.reports.context import ReportContext, write_atomically
 
 from .sr_codes import (
     CERTAINTY_OF_FINDING,

@@ -25,8 +25,8 @@ from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 from sqlalchemy import select
 
 from covidet import DISCLAIMER, __version__
-from covidet.assessment.reports import ReportContext
 from covidet.domain import Box, Label
+from covidet.reports.context import ReportContext
 from covidet.store.db import Database
 from covidet.store.models import Inference, Review, ReviewAction, ReviewStatus
 from covidet.store.review_queries import get_review

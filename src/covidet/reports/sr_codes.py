@@ -2,7 +2,7 @@
 
 Standard codes are taken from pydicom's code dictionary (``pydicom.sr.codedict.codes``) where it has
 them; SNOMED CT concepts it lacks (COVID-19, pneumonia) are written out with the same values as the FHIR
-report (:data:`covidet.assessment.reports.LABEL_CODES`), so both reports say the same thing. What no
+report (:data:`covidet.reports.fhir.LABEL_CODES`), so both reports say the same thing. What no
 standard names (the radiologist's per-box decision, covidet's probability unit annotation aside) lives
 in the private coding scheme :data:`COVIDET_SCHEME` (``99COVIDET``), which every SR declares in its
 Coding Scheme Identification Sequence. See ``docs/dicom-sr.md`` for the table.
@@ -14,8 +14,8 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
-from covidet.assessment.reports import LABEL_CODES
 from covidet.domain import Label
+from covidet.reports.fhir import LABEL_CODES
 from covidet.store.models import ReviewAction
 
 __all__ = [
