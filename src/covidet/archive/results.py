@@ -30,7 +30,7 @@ from covidet.reports import (
 from covidet.store import archive_queries
 from covidet.store.db import Database
 from covidet.store.models import DicomObject, DicomObjectKind, Image, Review
-from covidet.worker.reporting import ReportNotAvailable, report_context
+from covidet.worker.reporting import ReportNotAvailable, report_context, send_to_pacs
 
 __all__ = ["archive_ai_sr", "archive_review_sr", "backfill_series_uids", "publish_review_sr"]
 
@@ -125,27 +125,10 @@ def publish_review_sr(
     obj = archive_review_sr(db, store, review_id)
     if obj is None or not settings.pacs_host:
         return obj
-    from covidet.pacs.forward import forward_to_pacs
-
     try:
-        status = forward_to_pacs(
-            dcmread(store.path(obj.path)),
-            host=settings.pacs_host,
-            port=settings.pacs_port,
-            called_ae=settings.pacs_ae_title,
-            calling_ae=settings.ae_title,
-        )
+        send_to_pacs(settings, dcmread(store.path(obj.path)), what=f"review SR of review {review_id}")
     except Exception as exc:
         logger.error("review SR of review %d not forwarded to the PACS: %s", review_id, exc)
-        return obj
-    logger.info(
-        "review SR of review %d forwarded to %s@%s:%d: status 0x%04X",
-        review_id,
-        settings.pacs_ae_title,
-        settings.pacs_host,
-        settings.pacs_port,
-        status,
-    )
     return obj
 
 

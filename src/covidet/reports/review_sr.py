@@ -138,9 +138,9 @@ def load_signed_review(db: Database, *, image_id: int, review_id: int | None = N
         return _facts(review, inference.label if inference is not None else None)
 
 
-def _ai_reference(ctx: ReportContext, facts: ReviewFacts, uid_prefix: str) -> Dataset:
-    """What the review SR needs of the AI SR: its four UIDs (recomputed, never stored)."""
-    series_uid, sop_uid = ai_sr_uids(facts.image_id, facts.inference_id, uid_prefix)
+def _sr_reference(ctx: ReportContext, series_uid: str, sop_uid: str) -> Dataset:
+    """What a review SR needs of another SR of the study (the AI SR, or the review SR an addendum
+    amends): its four UIDs, recomputed from ids, never stored."""
     reference = Dataset()
     reference.SOPClassUID = COMPREHENSIVE_3D_SR_SOP_CLASS
     reference.SOPInstanceUID = sop_uid
@@ -157,17 +157,6 @@ def review_sr_uids(review_id: int, uid_prefix: str = PYDICOM_ROOT_UID) -> tuple[
         generate_uid(prefix=uid_prefix, entropy_srcs=["covidet", "review-sr-series", key]),
         generate_uid(prefix=uid_prefix, entropy_srcs=["covidet", "review-sr-instance", key]),
     )
-
-
-def _amended_reference(ctx: ReportContext, review_id: int, uid_prefix: str) -> Dataset:
-    """The SR of the review an addendum amends, as a predecessor document (UIDs recomputed)."""
-    series_uid, sop_uid = review_sr_uids(review_id, uid_prefix)
-    reference = Dataset()
-    reference.SOPClassUID = COMPREHENSIVE_3D_SR_SOP_CLASS
-    reference.SOPInstanceUID = sop_uid
-    reference.StudyInstanceUID = ctx.study_instance_uid
-    reference.SeriesInstanceUID = series_uid
-    return reference
 
 
 def review_structured_report(
@@ -232,10 +221,10 @@ def review_structured_report(
     texts.append(f"Recorded with research software: {DISCLAIMER.upper()}.")
     report[0].ContentSequence.append(statement_container(texts))
 
-    ai_sr = _ai_reference(ctx, facts, uid_prefix)
+    ai_sr = _sr_reference(ctx, *ai_sr_uids(facts.image_id, facts.inference_id, uid_prefix))
     predecessors = [ai_sr]
     if facts.amends_review_id is not None:
-        predecessors.append(_amended_reference(ctx, facts.amends_review_id, uid_prefix))
+        predecessors.append(_sr_reference(ctx, *review_sr_uids(facts.amends_review_id, uid_prefix)))
     series_uid, sop_uid = review_sr_uids(facts.review_id, uid_prefix)
     document = sr_document(
         report,

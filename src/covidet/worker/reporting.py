@@ -31,6 +31,7 @@ __all__ = [
     "forward_report",
     "report_context",
     "resolve_image_id",
+    "send_to_pacs",
     "write_image_report",
 ]
 
@@ -180,6 +181,29 @@ def write_image_report(db: Database, store: ImageStore, image_id: int, fmt: str,
     return write_report(ctx, fmt, out, xray_pixels=pixels, source=source)  # type: ignore[arg-type]
 
 
+def send_to_pacs(settings: Settings, dataset: Any, *, what: str) -> int:
+    """C-STORE ``dataset`` to the PACS of ``settings`` and log ``what`` was sent with the status;
+    returns the status. Raises what :func:`covidet.pacs.forward.forward_to_pacs` raises."""
+    from covidet.pacs.forward import forward_to_pacs
+
+    status = forward_to_pacs(
+        dataset,
+        host=settings.pacs_host,
+        port=settings.pacs_port,
+        called_ae=settings.pacs_ae_title,
+        calling_ae=settings.ae_title,
+    )
+    logger.info(
+        "%s forwarded to %s@%s:%d: status 0x%04X",
+        what,
+        settings.pacs_ae_title,
+        settings.pacs_host,
+        settings.pacs_port,
+        status,
+    )
+    return status
+
+
 def forward_report(db: Database, store: ImageStore, image_id: int, settings: Settings) -> int:
     """Send the DICOM reports of ``image_id`` to the PACS of ``settings`` (C-STORE) and return the
     status of the Secondary Capture.
@@ -188,27 +212,10 @@ def forward_report(db: Database, store: ImageStore, image_id: int, settings: Set
     AI result as a TID 1500 SR (``docs/dicom-sr.md``), whose status is logged. A PNG/JPEG upload (or a
     header without a series UID) has no DICOM image for an SR to refer to: it gets the capture only.
     """
-    from covidet.pacs.forward import forward_to_pacs
     from covidet.reports import SourceNotDicom, ai_structured_report
 
     def send(kind: str, dataset: Any) -> int:
-        status = forward_to_pacs(
-            dataset,
-            host=settings.pacs_host,
-            port=settings.pacs_port,
-            called_ae=settings.pacs_ae_title,
-            calling_ae=settings.ae_title,
-        )
-        logger.info(
-            "report (%s) of image %d forwarded to %s@%s:%d: status 0x%04X",
-            kind,
-            image_id,
-            settings.pacs_ae_title,
-            settings.pacs_host,
-            settings.pacs_port,
-            status,
-        )
-        return status
+        return send_to_pacs(settings, dataset, what=f"report ({kind}) of image {image_id}")
 
     ctx, pixels, source = build_report(db, store, image_id)
     status = send("secondary capture", dicom_secondary_capture(ctx, pixels, source=source))
