@@ -169,7 +169,7 @@ class Image(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     sop_class_uid: Mapped[str | None] = mapped_column(String(64))
     #: From the DICOM header; ``None`` for PNG/JPEG uploads and for images stored before revision 0004
-    #: (:func:`covidet.store.archive_queries.series_uid_of` gives every image one).
+    #: (:func:`covidet.store.archive_queries.image_series_uid` gives every image one).
     series_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     content_sha256: Mapped[str] = mapped_column(String(64), index=True)
     path: Mapped[str] = mapped_column(String(255))
