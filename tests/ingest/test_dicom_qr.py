@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -362,9 +363,26 @@ def _many_studies(db: Database, count: int) -> None:
             )
 
 
-def test_findscu_cancel_ends_the_matches(tmp_path: Path, rg1_dicom: Path) -> None:
-    """findscu --cancel 1 sends C-CANCEL after the first response; of 600 matches the SCP, which
-    checks for the cancel before each response, stops early with 0xFE00."""
+def test_findscu_cancel_ends_the_matches(
+    tmp_path: Path, rg1_dicom: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """findscu --cancel 1 sends C-CANCEL after the first response; the SCP, which checks for the
+    cancel before each response, stops early with 0xFE00.
+
+    C-CANCEL is a race by design: an SCP that has already handed every response to the network
+    answers Success, which is what a quiet machine did with 600 fast matches. So each response here
+    takes 20 ms to build (an archive whose database is across the network), 12 s for all 600: the
+    cancel, sent right after the first response, arrives long before the last one.
+    """
+    from covidet.ingest.qr import find
+
+    build = find.response_identifier
+
+    def slow_archive(*args: object, **kwargs: object) -> Dataset:
+        time.sleep(0.02)
+        return build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(find, "response_identifier", slow_archive)
     with _start(tmp_path, f"sqlite:///{tmp_path / 'many.db'}", rg1_dicom) as archive:
         _many_studies(archive.db, 600)
         done, found = findscu(
