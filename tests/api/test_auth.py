@@ -14,6 +14,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from covidet.api import auth
+from covidet.api.auth import hashing
 from covidet.config import Settings
 from covidet.store.models import ApiToken, AuditEvent, utcnow
 from tests.api.conftest import PASSWORDS, ApiEnv
@@ -105,7 +106,7 @@ def test_wrong_password_and_unknown_user_are_indistinguishable(sqlite_env: ApiEn
         calls.append(password_hash[:9])
         return real_verify(password_hash, password)
 
-    monkeypatch.setattr(auth, "verify_password", counting_verify)
+    monkeypatch.setattr(hashing, "verify_password", counting_verify)  # what authenticate calls
     with sqlite_env.client() as client:
         answers = []
         for username, password in (("rad", "wrong-password"), ("nobody", "wrong-password"), ("x" * 200, "p")):
@@ -245,3 +246,16 @@ def test_users_and_api_token_commands(tmp_path: Path, monkeypatch) -> None:
         assert user is not None and user.role == "admin"
         assert auth.verify_password(user.password_hash, "alice-password")
     db.dispose()
+
+
+def test_auth_keeps_its_public_names_after_the_split() -> None:
+    """Issue 20 made ``covidet.api.auth`` a package; every name it had is still there, the same
+    objects as in the modules that now hold them."""
+    from covidet.api.auth import audit, credentials, current_user
+
+    assert all(hasattr(auth, name) for name in auth.__all__)
+    assert auth.hash_password is hashing.hash_password and auth.authenticate is hashing.authenticate
+    assert auth.issue_token is credentials.issue_token and auth.IssuedSession is credentials.IssuedSession
+    assert auth.get_current_user is current_user.get_current_user
+    assert auth.RadiologistUser is current_user.RadiologistUser
+    assert auth.audit_in is audit.audit_in and auth.record_audit is audit.record_audit

@@ -503,3 +503,17 @@ def test_zero_size_images() -> None:
     buf = io.BytesIO()
     ds.save_as(buf)
     assert read_error(buf.getvalue()).reason == "zero-size image (10x0)"
+
+
+def test_reader_keeps_its_public_names_after_the_split() -> None:
+    """Issue 20 split the reader; ``covidet.imaging.reader`` and ``covidet.imaging`` still give every
+    public name, as the same objects as their new homes."""
+    from covidet import imaging
+    from covidet.imaging import errors, inspection, reader
+
+    assert all(hasattr(reader, name) for name in reader.__all__)
+    assert all(getattr(imaging, name) is getattr(reader, name) for name in imaging.__all__)
+    assert reader.ImageReadError is errors.ImageReadError
+    assert reader.DEFAULT_MAX_PIXELS == errors.DEFAULT_MAX_PIXELS
+    assert reader.inspect_image is inspection.inspect_image
+    assert reader.ImageHeader is inspection.ImageHeader

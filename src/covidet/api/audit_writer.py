@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Protocol
 
 from starlette.requests import Request
 
@@ -32,7 +32,15 @@ from covidet.store import review_queries as rq
 from covidet.store.db import Database, database_unavailable
 from covidet.store.models import utcnow
 
-__all__ = ["AuditEventIn", "AuditUnavailable", "AuditWriter", "audit_writer_for", "record_audit"]
+__all__ = [
+    "Actor",
+    "AuditDetails",
+    "AuditEventIn",
+    "AuditUnavailable",
+    "AuditWriter",
+    "audit_writer_for",
+    "record_audit",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +49,20 @@ MAX_BATCH = 1000
 #: Seconds a request waits for its event's commit before it is refused (the SQLite busy timeout, 30 s,
 #: plus a margin): a writer stuck longer than that is an outage, answered 503.
 WAIT_SECONDS = 45.0
+
+#: The ``details`` of an audit event: JSON-serialisable values by name (stored as JSON).
+AuditDetails = dict[str, object]
+
+
+class Actor(Protocol):
+    """Who acted, as the audit log names them (:class:`covidet.api.auth.AuthenticatedUser` is one;
+    a protocol, because :mod:`covidet.api.auth` imports this module)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def username(self) -> str: ...
 
 
 class AuditUnavailable(RuntimeError):
@@ -63,7 +85,7 @@ class AuditEventIn:
     object_type: str | None = None
     object_id: str | int | None = None
     ip: str | None = None
-    details: dict[str, Any] | None = None
+    details: AuditDetails | None = None
     at: datetime = field(default_factory=utcnow)
     done: Future[None] = field(default_factory=Future, repr=False)
 
@@ -214,11 +236,11 @@ def record_audit(
     request: Request,
     action: str,
     *,
-    user: Any | None = None,
+    user: Actor | None = None,
     username: str | None = None,
     object_type: str | None = None,
     object_id: str | int | None = None,
-    details: dict[str, Any] | None = None,
+    details: AuditDetails | None = None,
 ) -> None:
     """Append an audit event for this request and return once it is committed: a read is answered
     only after its event is durable; if the audit log cannot be written, the data is not served

@@ -34,7 +34,7 @@ import warnings
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from covidet.imaging.reader import ImageReadError
+from covidet.imaging.errors import ImageReadError
 
 __all__ = [
     "DEFAULT_MAX_DECODE_BYTES",

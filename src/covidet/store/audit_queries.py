@@ -6,7 +6,6 @@ Functions take a session and never commit; see :mod:`covidet.store.review_querie
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -35,7 +34,7 @@ def add_audit_event(
     object_type: str | None = None,
     object_id: str | int | None = None,
     ip: str | None = None,
-    details: dict[str, Any] | None = None,
+    details: dict[str, object] | None = None,
     at: datetime | None = None,
 ) -> AuditEvent:
     """Append one event to the audit log (``details`` must be JSON-serialisable)."""

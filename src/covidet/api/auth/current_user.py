@@ -1,4 +1,4 @@
-"""Accounts and request authentication: passwords, bearer tokens, browser sessions, CSRF, roles, audit.
+"""Who is calling: the request's user from a bearer token or a session cookie, CSRF, roles.
 
 Three kinds of credential, each for one kind of caller:
 
@@ -16,37 +16,25 @@ Three kinds of credential, each for one kind of caller:
   (:mod:`covidet.api.deps`); they are refused everywhere else, so a device can send data but never
   read it.
 
-Passwords are hashed with argon2id (argon2-cffi's RFC 9106 low-memory profile). A failed login answers
-the same 401, after the same work, whether the user is unknown, inactive or the password is wrong, so
-that nobody learns which usernames exist.
-
-Routes depend on :data:`CurrentUser` (any signed-in user), :data:`RadiologistUser` (radiologist or
-admin: patient data and reviews) or :data:`AdminUser`; the web app may use :func:`get_optional_user`
-to redirect instead of answering 401. :func:`record_audit` appends to the audit log (group commit,
-:mod:`covidet.api.audit_writer`).
+Contract: routes depend on :data:`CurrentUser` (any signed-in user; 401 otherwise),
+:data:`RadiologistUser` (radiologist or admin: patient data and reviews; 403 for others) or
+:data:`AdminUser`; the web app may use :data:`OptionalUser` to redirect instead of answering 401.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from functools import lru_cache
-from typing import Annotated, Any, Literal
+from datetime import timedelta
+from typing import Annotated, Literal
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from fastapi import Depends, HTTPException, Request, Response, Security, status
+from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyCookie, OAuth2PasswordBearer
-from sqlalchemy.orm import Session
 
-from covidet.api.audit_writer import record_audit
-from covidet.api.deps import API_KEY_HEADER, API_PREFIX, DatabaseDep, client_label
-from covidet.config import Settings
+from covidet.api.deps import API_KEY_HEADER, API_PREFIX, DatabaseDep
 from covidet.store import review_queries as rq
 from covidet.store.db import Database
 from covidet.store.models import Role, utcnow
@@ -54,30 +42,16 @@ from covidet.store.models import Role, utcnow
 __all__ = [
     "CSRF_FORM_FIELD",
     "CSRF_HEADER",
-    "MIN_PASSWORD_LENGTH",
     "SESSION_COOKIE",
     "TOKEN_URL",
     "AdminUser",
     "AuthenticatedUser",
     "CurrentUser",
-    "IssuedSession",
-    "IssuedToken",
     "OptionalUser",
     "RadiologistUser",
-    "audit_in",
-    "authenticate",
-    "clear_session_cookie",
-    "client_ip",
-    "end_session",
     "get_current_user",
     "get_optional_user",
-    "hash_password",
-    "issue_token",
-    "record_audit",
     "require_roles",
-    "set_session_cookie",
-    "start_session",
-    "verify_password",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,7 +60,6 @@ TOKEN_URL = f"{API_PREFIX}/auth/token"
 SESSION_COOKIE = "covidet_session"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FORM_FIELD = "csrf_token"
-MIN_PASSWORD_LENGTH = 8
 #: ``last_used_at`` of a token is written at most this often, so reads do not all become writes.
 _TOUCH_INTERVAL = timedelta(seconds=60)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -108,40 +81,6 @@ session_cookie_scheme = APIKeyCookie(
 )
 
 
-# ------------------------------------------------------------------------------------------ passwords
-
-
-@lru_cache(maxsize=1)
-def _hasher() -> PasswordHasher:
-    return PasswordHasher()  # argon2id, RFC 9106 low-memory profile (t=3, m=64 MiB, p=4)
-
-
-@lru_cache(maxsize=1)
-def _dummy_hash() -> str:
-    # Verified against when the user does not exist, so that an unknown username costs the same time
-    # as a wrong password.
-    return _hasher().hash("covidet: no such user")
-
-
-def hash_password(password: str) -> str:
-    """The argon2id hash (PHC string) of ``password``.
-
-    Raises:
-        ValueError: a password shorter than :data:`MIN_PASSWORD_LENGTH` characters.
-    """
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValueError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
-    return _hasher().hash(password)
-
-
-def verify_password(password_hash: str, password: str) -> bool:
-    """Whether ``password`` matches ``password_hash``; a malformed hash never matches."""
-    try:
-        return _hasher().verify(password_hash, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        return False
-
-
 @dataclass(frozen=True, slots=True)
 class AuthenticatedUser:
     """Who made a request, as plain values. ``via`` says how: ``token`` (``credential_id`` is the
@@ -158,97 +97,6 @@ class AuthenticatedUser:
     @property
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN.value
-
-
-def authenticate(db: Database, username: str, password: str) -> tuple[int, str, str] | None:
-    """``(user id, username, role)`` when ``username`` names an active user whose password is
-    ``password``; ``None`` otherwise, after the same argon2 work in every case."""
-    row = None
-    if re.fullmatch(rq.USERNAME_PATTERN, username):  # anything else is no user (and no NUL)
-        with db.session() as session:
-            user = rq.user_by_username(session, username)
-            if user is not None:
-                row = (user.id, user.username, user.role, user.password_hash, user.active)
-    if row is None:
-        verify_password(_dummy_hash(), password)
-        return None
-    user_id, name, role, password_hash, active = row
-    matched = verify_password(password_hash, password)
-    if not (matched and active):
-        return None
-    if _hasher().check_needs_rehash(password_hash):  # parameters were raised since it was hashed
-        with db.session(write=True) as session:
-            rq.rehash_password(session, user_id, _hasher().hash(password))
-    return user_id, name, role
-
-
-# ---------------------------------------------------------------------------------- tokens, sessions
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedToken:
-    token_id: int
-    access_token: str
-    expires_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedSession:
-    session_id: str  # for the cookie only
-    csrf_token: str
-    expires_at: datetime
-
-
-def issue_token(
-    db: Database, settings: Settings, user_id: int, *, name: str, days: int | None = None
-) -> IssuedToken:
-    """A new bearer token for a user, valid ``days`` (default ``settings.token_days``)."""
-    expires_at = utcnow() + timedelta(days=days or settings.token_days)
-    with db.session(write=True) as session:
-        row, token = rq.create_api_token(session, user_id, name=name, expires_at=expires_at)
-        return IssuedToken(row.id, token, row.expires_at)
-
-
-def start_session(db: Database, settings: Settings, user_id: int) -> IssuedSession:
-    """A new browser session for a user, valid ``settings.session_minutes``."""
-    expires_at = utcnow() + timedelta(minutes=settings.session_minutes)
-    with db.session(write=True) as session:
-        row, session_id = rq.create_web_session(session, user_id, expires_at=expires_at)
-        return IssuedSession(session_id, row.csrf_token, row.expires_at)
-
-
-def end_session(db: Database, user: AuthenticatedUser) -> None:
-    """Log out: end the session, or revoke the token, that authenticated ``user``."""
-    with db.session(write=True) as session:
-        if user.via == "session":
-            rq.delete_web_session(session, user.credential_id)
-        else:
-            rq.revoke_api_token(session, user.credential_id)
-
-
-def set_session_cookie(response: Response, request: Request, issued: IssuedSession) -> None:
-    """Set the session cookie: HttpOnly (no script reads it), SameSite=Lax (not sent on cross-site
-    POSTs), Secure when this request came over HTTPS (behind a proxy, run uvicorn with
-    ``--proxy-headers`` so that the scheme is the client's)."""
-    max_age = max(1, int((issued.expires_at - utcnow()).total_seconds()))
-    response.set_cookie(
-        SESSION_COOKIE,
-        issued.session_id,
-        max_age=max_age,
-        path="/",
-        secure=request.url.scheme == "https",
-        httponly=True,
-        samesite="lax",
-    )
-
-
-def clear_session_cookie(response: Response, request: Request) -> None:
-    response.delete_cookie(
-        SESSION_COOKIE, path="/", secure=request.url.scheme == "https", httponly=True, samesite="lax"
-    )
-
-
-# ---------------------------------------------------------------------------------- current user
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -377,44 +225,3 @@ def require_roles(*roles: Role) -> Callable[..., AuthenticatedUser]:
 RadiologistUser = Annotated[AuthenticatedUser, Depends(require_roles(Role.RADIOLOGIST, Role.ADMIN))]
 #: Admins: users, devices, audit log.
 AdminUser = Annotated[AuthenticatedUser, Depends(require_roles(Role.ADMIN))]
-
-
-# ------------------------------------------------------------------------------------------- audit
-
-
-def client_ip(request: Request) -> str | None:
-    """The client's address as the server sees it (the proxy's, unless uvicorn trusts its headers)."""
-    return request.client.host if request.client else None
-
-
-def audit_in(
-    session: Session,
-    request: Request,
-    action: str,
-    *,
-    user: AuthenticatedUser | None = None,
-    username: str | None = None,
-    object_type: str | None = None,
-    object_id: str | int | None = None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Add an audit event for this request to ``session``: the event commits, or not, with the change
-    it records (reviews, user changes)."""
-    rq.add_audit_event(
-        session,
-        action,
-        actor_user_id=user.id if user else None,
-        actor_username=user.username if user else username,
-        object_type=object_type,
-        object_id=object_id,
-        ip=client_ip(request),
-        details=details,
-    )
-    logger.debug(
-        "audit %s %s %s by %s (%s)",
-        action,
-        object_type,
-        object_id,
-        user.username if user else username,
-        client_label(request),
-    )
