@@ -21,7 +21,8 @@ This module is the public face; the parts live in sibling modules:
 - :mod:`covidet.ingest.mqtt_broker_config`: the Mosquitto configuration covidet generates;
 - :mod:`covidet.ingest.mqtt_broker_files`: the password file, ACL and example configuration on disk;
 - :mod:`covidet.ingest.mqtt_store`: validate and store a batch of received messages;
-- :mod:`covidet.ingest.mqtt_subscriber`: the connection, the writer thread and the acknowledgements.
+- :mod:`covidet.ingest.mqtt_subscriber`: the connection and the acknowledgements;
+- :mod:`covidet.ingest.mqtt_writer`: the writer thread (batches, retries, counters).
 """
 
 from __future__ import annotations

@@ -6,36 +6,42 @@ A payload over the size limit is refused on arrival (only its start is kept, for
 one far over it never arrives (the MQTT v5 Maximum Packet Size the subscriber announces). Connection
 failures are logged with their cause: a TLS certificate the CA does not verify is named as such. See
 ``docs/mqtt.md``.
+
+The writer thread (batching, storing, retrying) is :class:`~covidet.ingest.mqtt_writer.BatchWriter`;
+this module owns the connection: paho's callbacks, the subscription and the acknowledgements.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import ssl
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, Unpack
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from sqlalchemy.exc import SQLAlchemyError
 
 from covidet.config import Settings
 from covidet.ingest.mqtt_broker_config import max_packet_bytes
 from covidet.ingest.mqtt_payload import MAX_PAYLOAD_BYTES, TOPIC_FILTER, oversize_reason
-from covidet.ingest.mqtt_store import ReceivedMessage, StoreResult, VitalsStore, is_transient
+from covidet.ingest.mqtt_store import ReceivedMessage, VitalsStore
+from covidet.ingest.mqtt_writer import BatchWriter, IngestStats
 from covidet.store.db import Database
 from covidet.store.models import utcnow
 
-__all__ = ["OVERSIZE_KEPT_BYTES", "IngestStats", "VitalsSubscriber", "describe_connect_error"]
+__all__ = [
+    "OVERSIZE_KEPT_BYTES",
+    "IngestStats",
+    "SubscriberOptions",
+    "VitalsSubscriber",
+    "describe_connect_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,23 +49,22 @@ logger = logging.getLogger(__name__)
 OVERSIZE_KEPT_BYTES = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class IngestStats:
-    """Counters of a :class:`VitalsSubscriber` since it started.
+class SubscriberOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`VitalsSubscriber` that :meth:`VitalsSubscriber.from_settings`
+    takes as overrides (``None``: keep the setting)."""
 
-    ``received`` messages handed over by the broker; ``stored`` new vital-sign rows; ``duplicates``
-    valid readings already stored (redeliveries); ``rejected`` rows written to ``rejected_messages``;
-    ``batches`` committed transactions; ``last_commit_at`` wall-clock time (Unix seconds) of the last one.
-    """
-
-    received: int
-    stored: int
-    duplicates: int
-    rejected: int
-    batches: int
-    pending: int
-    connected: bool
-    last_commit_at: float | None
+    host: str | None
+    port: int | None
+    client_id: str | None
+    username: str | None
+    password: str | None
+    tls_ca: Path | str | None
+    batch_size: int | None
+    batch_delay_s: float | None
+    receive_maximum: int | None
+    keepalive_s: int | None
+    reconnect_delay_s: tuple[int, int] | None
+    max_payload_bytes: int | None
 
 
 class VitalsSubscriber:
@@ -136,23 +141,35 @@ class VitalsSubscriber:
         client.on_message = self._on_message
         self._client = client
 
-        self._queue: queue.Queue[ReceivedMessage] = queue.Queue()
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._connection_lock = threading.Lock()
         self._generation = 0
-        self._writer: threading.Thread | None = None
-        self._store = VitalsStore(db, max_payload_bytes=max_payload_bytes)
-        self._counts = {"received": 0, "stored": 0, "duplicates": 0, "rejected": 0, "batches": 0}
-        self._last_commit_at: float | None = None
-        #: Called on the writer thread with the database ids of the patients whose vital signs a
-        #: batch stored (after commit and ack); ``covidet serve`` re-triages their images with it.
-        self.on_stored: Callable[[set[int]], None] | None = None
+        self._writer = BatchWriter(
+            VitalsStore(db, max_payload_bytes=max_payload_bytes),
+            self._ack,
+            stopping=self._stopping,
+            batch_size=batch_size,
+            batch_delay_s=batch_delay_s,
+        )
+
+    @property
+    def on_stored(self) -> Callable[[set[int]], None] | None:
+        """Called on the writer thread with the database ids of the patients whose vital signs a
+        batch stored (after commit and ack); ``covidet serve`` re-triages their images with it."""
+        return self._writer.on_stored
+
+    @on_stored.setter
+    def on_stored(self, callback: Callable[[set[int]], None] | None) -> None:
+        self._writer.on_stored = callback
 
     @classmethod
-    def from_settings(cls, db: Database, settings: Settings, **overrides: Any) -> VitalsSubscriber:
-        """A subscriber configured from :class:`covidet.config.Settings` (``mqtt_*``) and ``overrides``."""
-        options: dict[str, Any] = {
+    def from_settings(
+        cls, db: Database, settings: Settings, **overrides: Unpack[SubscriberOptions]
+    ) -> VitalsSubscriber:
+        """A subscriber configured from :class:`covidet.config.Settings` (``mqtt_*``) and ``overrides``
+        (an override of ``None`` keeps the setting)."""
+        options: SubscriberOptions = {
             "host": settings.mqtt_broker_host,
             "port": settings.mqtt_broker_port,
             "client_id": settings.mqtt_client_id,
@@ -168,9 +185,8 @@ class VitalsSubscriber:
 
     def start(self) -> None:
         """Start the writer thread and connect in the background (retrying until the broker answers)."""
-        if self._writer is not None:
+        if self._writer.started:
             raise RuntimeError("subscriber already started")
-        self._writer = threading.Thread(target=self._write_loop, name="covidet-mqtt-writer", daemon=True)
         self._writer.start()
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = 0xFFFFFFFF  # the session never expires (MQTT v5 3.1.2.11.2)
@@ -204,12 +220,8 @@ class VitalsSubscriber:
         next connect.
         """
         self._stopping.set()
-        if self._writer is not None:
-            self._writer.join(timeout)
-            if self._writer.is_alive():
-                logger.warning(
-                    "MQTT writer still busy after %.0f s; its messages stay unacknowledged", timeout
-                )
+        if not self._writer.join(timeout):
+            logger.warning("MQTT writer still busy after %.0f s; its messages stay unacknowledged", timeout)
         # paho's loop logs a spurious "not connected" error after a requested disconnect.
         self._client.disable_logger()
         self._client.disconnect()
@@ -225,17 +237,17 @@ class VitalsSubscriber:
 
     def stats(self) -> IngestStats:
         """A snapshot of the counters."""
-        return IngestStats(
-            **self._counts,
-            pending=self._queue.qsize(),
-            connected=self._ready.is_set(),
-            last_commit_at=self._last_commit_at,
-        )
+        return self._writer.stats(connected=self._ready.is_set())
 
     # --- paho callbacks (network thread: keep them short) -----------------------------------------
 
     def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
             logger.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
@@ -250,7 +262,7 @@ class VitalsSubscriber:
         options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
         client.subscribe(TOPIC_FILTER, options=options)
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         # paho calls this inside its ``except OSError`` around the connect: the exception is the cause.
         error = sys.exc_info()[1]
         if isinstance(error, ssl.SSLCertVerificationError):
@@ -259,7 +271,12 @@ class VitalsSubscriber:
             logger.warning("%s; retrying", describe_connect_error(self.host, self.port, error))
 
     def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode], properties: Any
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
     ) -> None:
         if any(code.is_failure for code in reason_codes):
             logger.error("MQTT broker refused the subscription to %s: %s", TOPIC_FILTER, reason_codes)
@@ -267,7 +284,12 @@ class VitalsSubscriber:
         self._ready.set()
 
     def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         self._ready.clear()
         with self._connection_lock:
@@ -276,99 +298,20 @@ class VitalsSubscriber:
             return
         logger.warning("MQTT connection to %s:%d lost (%s); reconnecting", self.host, self.port, reason_code)
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         if self._stopping.is_set():
             return  # not queued, so never acknowledged: the broker redelivers it on the next connect
-        self._counts["received"] += 1
         payload, size, rejection = message.payload, len(message.payload), None
         if size > self.max_payload_bytes:
             # Refused here, before it is queued or parsed: only its start is kept, for the record.
             rejection = oversize_reason(size, self.max_payload_bytes)
             payload = payload[:OVERSIZE_KEPT_BYTES]
             logger.warning("refusing MQTT message on %s on arrival: %s", message.topic, rejection)
-        self._queue.put(
+        self._writer.put(
             ReceivedMessage(
                 message.topic, bytes(payload), message.mid, message.qos, self._generation, utcnow(), rejection
             )
         )
-
-    # --- writer thread ------------------------------------------------------------------------------
-
-    def _next_batch(self) -> list[ReceivedMessage] | None:
-        """Up to ``batch_size`` messages; [] when idle; None when stopping and everything is stored."""
-        try:
-            first = self._queue.get(timeout=0.2)
-        except queue.Empty:
-            return None if self._stopping.is_set() else []
-        batch = [first]
-        deadline = time.monotonic() + self.batch_delay_s
-        while len(batch) < self.batch_size:
-            remaining = deadline - time.monotonic()
-            try:
-                batch.append(
-                    self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                )
-            except queue.Empty:
-                break
-        return batch
-
-    def _write_loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            delay = 1.0
-            while batch:
-                try:
-                    self._commit_and_ack(batch)
-                    break
-                except Exception:
-                    # Unexpected (a bug, a full disk): skipping the batch would leave it unacknowledged
-                    # until the next reconnect and hold the broker's in-flight window, so retry it.
-                    logger.exception(
-                        "MQTT writer failed on a batch of %d messages; retrying in %.0f s", len(batch), delay
-                    )
-                    if self._stopping.wait(delay):
-                        return  # unacknowledged: the broker redelivers them on the next connect
-                    delay = min(delay * 2, 60.0)
-
-    def _commit_and_ack(self, batch: list[ReceivedMessage]) -> None:
-        delay = 0.5
-        while True:
-            try:
-                result: StoreResult = self._store.store(batch)
-                break
-            except SQLAlchemyError as error:
-                if not is_transient(error):
-                    # One reading the database refuses must not hold up the others: store one by one.
-                    self._store.forget_patients()
-                    result = self._store.store_one_by_one(batch)
-                    break
-                if self._stopping.is_set():
-                    logger.error(
-                        "database unavailable while stopping (%s); %d messages left unacknowledged for the "
-                        "broker to redeliver",
-                        error.__class__.__name__,
-                        len(batch),
-                    )
-                    return
-                logger.error(
-                    "database unavailable (%s); retrying in %.1f s", str(error).splitlines()[0], delay
-                )
-                self._stopping.wait(delay)
-                delay = min(delay * 2, 30.0)
-        self._last_commit_at = time.time()
-        self._ack(batch)
-        touched = self._store.take_touched_patients()
-        if self.on_stored is not None and touched:
-            # After the ack: re-triage is the consumer's work and must not delay the broker.
-            try:
-                self.on_stored(touched)
-            except Exception:
-                logger.exception("on_stored callback failed for %d patient(s)", len(touched))
-        self._counts["stored"] += result.stored
-        self._counts["duplicates"] += result.duplicates
-        self._counts["rejected"] += len(result.rejected)
-        self._counts["batches"] += 1
-        for item, reason in result.rejected:
-            logger.warning("rejected MQTT message on %s: %s", item.topic, reason)
 
     def _ack(self, batch: Sequence[ReceivedMessage]) -> None:
         # A packet id is only meaningful on the connection it came on: after a reconnect the broker
