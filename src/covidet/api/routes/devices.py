@@ -12,13 +12,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from covidet.api.auth import AdminUser, audit_in
 from covidet.api.deps import DatabaseDep
 from covidet.api.schemas import AUTH_ERRORS, NO_CONTROL_PATTERN, UNSAFE_ERRORS, error_responses
-from covidet.store import queries
+from covidet.store import device_queries, queries
 from covidet.store.models import Device, DeviceKind
 
 __all__ = ["DeviceCreate", "DeviceCreatedPublic", "DevicePublic", "router"]
@@ -91,17 +90,14 @@ def create_device(
     """Register a device; 409 when its name or AE title is taken."""
     try:
         with db.session(write=True) as session:
-            taken = session.scalar(select(Device.id).where(Device.name == body.name))
-            if taken is not None:
+            if device_queries.device_name_taken(session, body.name):
                 raise HTTPException(
                     status.HTTP_409_CONFLICT, detail=f"a device named {body.name!r} already exists"
                 )
-            if body.ae_title is not None:
-                ae_taken = session.scalar(select(Device.id).where(Device.ae_title == body.ae_title.strip()))
-                if ae_taken is not None:
-                    raise HTTPException(
-                        status.HTTP_409_CONFLICT, detail=f"AE title {body.ae_title!r} is already registered"
-                    )
+            if body.ae_title is not None and device_queries.ae_title_taken(session, body.ae_title):
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT, detail=f"AE title {body.ae_title!r} is already registered"
+                )
             try:
                 credentials = queries.create_device(session, body.name, body.kind, ae_title=body.ae_title)
             except ValueError as exc:
@@ -112,7 +108,7 @@ def create_device(
                     else status.HTTP_422_UNPROCESSABLE_CONTENT
                 )
                 raise HTTPException(code, detail=str(exc)) from None
-            device = session.get(Device, credentials.device_id)
+            device = queries.device_by_id(session, credentials.device_id)
             assert device is not None
             audit_in(
                 session,

@@ -7,10 +7,10 @@ from typing import Literal
 
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
-from sqlalchemy import text
 
 from covidet import __version__
 from covidet.api.deps import DatabaseDep
+from covidet.store.health import ping
 
 __all__ = ["HealthPublic", "router"]
 
@@ -36,7 +36,7 @@ def health(db: DatabaseDep, response: Response) -> HealthPublic:
     """Service status; needs no credentials and reveals no data."""
     try:
         with db.session() as session:
-            session.execute(text("SELECT 1"))
+            ping(session)
     except Exception as exc:
         logger.error("health check: database unavailable: %s", exc)
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

@@ -45,7 +45,6 @@ from covidet.api.schemas_images import (
 from covidet.imaging.dicom_writer import dicom_bytes
 from covidet.imaging.reader import ImageReadError
 from covidet.store import review_queries as rq
-from covidet.store.models import Image
 
 __all__ = [
     "FORM_OVERHEAD_BYTES",
@@ -234,7 +233,7 @@ def get_pixels(
     """The X-ray as a PNG (grey levels of the default display, optionally re-windowed and shrunk).
     409 when the stored file cannot be read."""
     with db.session() as session:
-        image = session.get(Image, image_id)
+        image = rq.get_image(session, image_id)
         if image is None:
             raise _not_found(image_id)
         relative = image.path
@@ -292,7 +291,7 @@ def get_report(
     from covidet.worker.reporting import ReportNotAvailable, build_report  # torch-free
 
     with db.session() as session:
-        if session.get(Image, image_id) is None:
+        if rq.get_image(session, image_id) is None:
             raise _not_found(image_id)
     try:
         ctx, pixels, source = build_report(db, store, image_id)

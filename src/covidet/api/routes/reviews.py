@@ -238,7 +238,7 @@ def create_review(
                 "actions": [f.action for f in review.findings],
             },
         )
-        session.flush()
+        # get_review's SELECT flushes the review and its audit event first (autoflush).
         answer = review_public(rq.get_review(session, review.id))  # type: ignore[arg-type]
     logger.info("review %d of image %d created by %s", answer.id, answer.image_id, user.username)
     return answer
@@ -289,7 +289,8 @@ def update_review(
             object_id=review_id,
             details={"image_id": review.image_id, "fields": sorted(sent)},
         )
-        session.flush()
+        # rq.update_review flushed the review: expire it so that get_review reads it back as stored
+        # (its SELECT flushes the audit event first, autoflush).
         session.expire(review)
         answer = review_public(rq.get_review(session, review_id))  # type: ignore[arg-type]
     return answer

@@ -31,8 +31,8 @@ from covidet.api.deps import AuthenticatedDevice, DatabaseDep, IngestDep, Upload
 from covidet.api.schemas import ErrorPublic
 from covidet.api.schemas_images import ImageUploadPublic
 from covidet.ingest.service import ImageIngest, IngestRejected
+from covidet.store import review_queries as rq
 from covidet.store.db import Database
-from covidet.store.models import Image, Patient
 
 __all__ = ["FORM_OVERHEAD_BYTES", "PATIENT_ID_MAX_LENGTH", "ImageUploadPublic", "router", "upload_image"]
 
@@ -153,9 +153,9 @@ def _accept(
         patient_key=patient_key,
     )
     with db.session() as session:
-        image = session.get(Image, result.image_id)
-        patient = session.get(Patient, result.patient_id)
-        assert image is not None and patient is not None
+        image = rq.get_image(session, result.image_id)  # with its study and patient
+        assert image is not None
+        patient = image.study.patient
         body = ImageUploadPublic(
             image_id=result.image_id,
             study_id=result.study_id,
