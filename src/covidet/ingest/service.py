@@ -243,25 +243,26 @@ class ImageIngest:
                     description=header.study_description,
                     study_datetime=_study_datetime(header),
                 )
-                image = Image(
-                    sop_instance_uid=sop_uid,
-                    sop_class_uid=header.sop_class_uid,
-                    series_instance_uid=header.series_instance_uid,
-                    content_sha256=stored.sha256,
-                    path=stored.path,
-                    size_bytes=stored.size_bytes,
-                    media_type=header.media_type,
-                    modality=header.modality,
-                    transfer_syntax_uid=header.transfer_syntax_uid,
-                    rows=header.height,
-                    columns=header.width,
-                    original_filename=filename[:255] if filename else None,
-                    study_id=study.id,
-                    source_device_id=device_id,
-                    status=ImageStatus.QUEUED.value,
+                image = queries.add_image(
+                    session,
+                    Image(
+                        sop_instance_uid=sop_uid,
+                        sop_class_uid=header.sop_class_uid,
+                        series_instance_uid=header.series_instance_uid,
+                        content_sha256=stored.sha256,
+                        path=stored.path,
+                        size_bytes=stored.size_bytes,
+                        media_type=header.media_type,
+                        modality=header.modality,
+                        transfer_syntax_uid=header.transfer_syntax_uid,
+                        rows=header.height,
+                        columns=header.width,
+                        original_filename=filename[:255] if filename else None,
+                        study_id=study.id,
+                        source_device_id=device_id,
+                        status=ImageStatus.QUEUED.value,
+                    ),
                 )
-                session.add(image)
-                session.flush()
                 result = AcceptResult(image.id, study.id, patient.id, sop_uid, duplicate=False)
         except IntegrityError:  # the same SOP instance committed by a concurrent association
             with self.db.session() as session:

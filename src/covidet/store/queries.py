@@ -31,6 +31,7 @@ from covidet.store.models import (
 
 __all__ = [
     "DeviceCredentials",
+    "add_image",
     "add_rejected",
     "add_vital_signs",
     "counts",
@@ -207,6 +208,18 @@ def get_or_create_study(
 
 def image_by_sop_instance_uid(session: Session, sop_instance_uid: str) -> Image | None:
     return session.scalar(select(Image).where(Image.sop_instance_uid == sop_instance_uid))
+
+
+def add_image(session: Session, image: Image) -> Image:
+    """Insert ``image`` (a new, accepted image) and flush, so that ``image.id`` is set; returns it.
+
+    Raises:
+        IntegrityError: its SOP Instance UID is already stored (e.g. by a concurrent association);
+            the session's transaction is then rolled back by its owner and nothing was written.
+    """
+    session.add(image)
+    session.flush()
+    return image
 
 
 def add_rejected(
