@@ -28,11 +28,11 @@ from starlette.routing import Route
 
 from covidet.api.auth import SESSION_COOKIE, AuthenticatedUser, get_optional_user, record_audit
 from covidet.assessment.reports import LABEL_CODES
-from covidet.domain import Label
 from covidet.store import archive_queries as aq
 from covidet.store import review_queries as rq
 from covidet.store.db import Database
 from covidet.store.models import Patient, Role, Study
+from covidet.web.rendering import LABELS, render
 
 __all__ = ["BUNDLE_DIR", "VIEWER_PATH", "routes"]
 
@@ -48,7 +48,7 @@ DICOMWEB_ROOT = "/dicom-web"
 MAX_PRIORS = 10
 _MAX_UID = 64
 _ALLOWED_ROLES = (Role.ADMIN.value, Role.RADIOLOGIST.value)
-#: The page's policy differs from every other page's (covidet.web.pages.PAGE_HEADERS) in two words:
+#: The page's policy differs from every other page's (covidet.web.rendering.PAGE_HEADERS) in two words:
 #: the bundle's WebAssembly codecs need 'wasm-unsafe-eval' (compiling WebAssembly, not eval of
 #: strings), and Cornerstone's SVG measurement labels set style attributes ('unsafe-inline' for styles
 #: only; scripts stay 'self'). Its decoding worker is a script of this origin.
@@ -139,25 +139,23 @@ def viewer_state(db: Database, study_uid: str, user_id: int) -> dict[str, Any] |
 async def viewer3d_page(request: Request) -> Response:
     """The diagnostic viewer of one study (radiologists and admins; others get 403, strangers the
     sign-in form)."""
-    from covidet.web.pages import PAGE_HEADERS, templates  # pages imports much; only when serving
-
     db: Database = request.app.state.db
     user: AuthenticatedUser | None = await get_optional_user(
         request, db, None, request.cookies.get(SESSION_COOKIE)
     )
     if user is None:
         return RedirectResponse(f"/login?next={quote(request.url.path, safe='')}", status_code=303)
-    base = {
-        "user": user,
-        "csrf_token": user.csrf_token if user.via == "session" else "",
-        "path": request.url.path,
-    }
-    headers = PAGE_HEADERS | {"Content-Security-Policy": _CSP}
+    headers = {"Content-Security-Policy": _CSP}
     if user.role not in _ALLOWED_ROLES:
         logger.warning("viewer refused to %s (%s)", user.username, user.role)
         message = f"The viewer needs the role admin or radiologist; you are {user.username} ({user.role})."
-        return templates.TemplateResponse(
-            request, "error.html", base | {"title": "Not allowed", "message": message}, 403, headers
+        return render(
+            request,
+            "error.html",
+            {"title": "Not allowed", "message": message},
+            user=user,
+            status_code=403,
+            headers=headers,
         )
     study_uid = request.path_params["study_uid"]
     state = None
@@ -165,8 +163,13 @@ async def viewer3d_page(request: Request) -> Response:
         state = await run_in_threadpool(viewer_state, db, study_uid, user.id)
     if state is None:
         message = f"covidet holds no X-ray of the study {study_uid[:_MAX_UID]}."
-        return templates.TemplateResponse(
-            request, "error.html", base | {"title": "Not found", "message": message}, 404, headers
+        return render(
+            request,
+            "error.html",
+            {"title": "Not found", "message": message},
+            user=user,
+            status_code=404,
+            headers=headers,
         )
     wanted = request.query_params.get("image", "")
     ids = [image["imageId"] for image in state["images"]]
@@ -181,20 +184,21 @@ async def viewer3d_page(request: Request) -> Response:
         object_id=state["study"]["id"],
         details={"via": "web-viewer", "patient_id": state["patient"]["id"], "image_ids": ids},
     )
-    state |= {
+    page_state = {
+        **state,
         "selected": selected,
         "wadoRoot": DICOMWEB_ROOT,
         "staticRoot": "/static/viewer/",
-        "labels": [label.value for label in Label],
+        "labels": LABELS,
         "labelsByCode": {coding["code"]: label.value for label, coding in LABEL_CODES.items()},
     }
     bundle = BUNDLE_DIR / "viewer3d.js"
-    context = {"state": state, "bundle_ready": bundle.is_file()}
+    context: dict[str, object] = {"state": page_state, "bundle_ready": bundle.is_file()}
     if bundle.is_file():
         context["bundle_version"] = int(bundle.stat().st_mtime)
     else:
         logger.error("viewer bundle missing (%s): run `make viewer`", bundle)
-    return templates.TemplateResponse(request, "viewer3d.html", base | context, 200, headers)
+    return render(request, "viewer3d.html", context, user=user, headers=headers)
 
 
 def routes() -> list[Route]:

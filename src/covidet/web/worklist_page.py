@@ -12,7 +12,6 @@ keyboard); they post the session's CSRF token, which :func:`covidet.api.auth.get
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
@@ -28,7 +27,8 @@ from covidet.api.reading_room import AI_SCORE_NAME, StudyPublic, ai_score_help, 
 from covidet.store import reading_room as rr
 from covidet.store import review_queries as rq
 from covidet.store.db import Database
-from covidet.web import pages
+from covidet.web.access import NO_CONTROL, database, guard, safe_next
+from covidet.web.rendering import render, templates
 
 __all__ = ["NOTICE_COOKIE", "StudyFilters", "worklist_routes"]
 
@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 _PAGE_SIZE = 50
 _PRIORITIES = ("urgent", "high", "routine", "none")
 _STATUSES = ("queued", "analysed", "failed")
-_NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f]*$")
 #: Column headers that sort, with the sort key each uses.
 _SORTABLE = (("priority", "Priority"), ("patient", "Patient"), ("accession", "Study"), ("waiting", "Waiting"))
 #: A one-line message for the next worklist page (a refused claim...), set by the form posts. A
@@ -64,12 +63,12 @@ def _duration(seconds: int | float | None) -> str:
     return f"{days} d {hours} h"
 
 
-pages.templates.env.filters["duration"] = _duration
+templates.env.filters["duration"] = _duration
 
 
 def _text(params: Any, name: str) -> str | None:
     value = (params.get(name) or "").strip()[:64]
-    return value if value and _NO_CONTROL.match(value) else None
+    return value if value and NO_CONTROL.match(value) else None
 
 
 @dataclass(frozen=True)
@@ -180,12 +179,12 @@ def _view(
 
 
 async def _worklist(request: Request, template: str) -> Response:
-    guard = await pages._guard(request)
-    if isinstance(guard, Response):
-        return guard
-    user = guard
+    allowed = await guard(request)
+    if isinstance(allowed, Response):
+        return allowed
+    user = allowed
     filters = StudyFilters.from_query(request.query_params)
-    db = pages._db(request)
+    db = database(request)
     store = request.app.state.ingest.store if getattr(request.app.state, "ingest", None) else None
     items, total, alerts, alert_total = await run_in_threadpool(_view, db, filters, store)
     await run_in_threadpool(
@@ -204,7 +203,7 @@ async def _worklist(request: Request, template: str) -> Response:
             "total": total,
         },
     )
-    response = pages._render(
+    response = render(
         request,
         template,
         {
@@ -244,17 +243,17 @@ async def worklist_live(request: Request) -> Response:
 
 async def _form_user(request: Request) -> AuthenticatedUser | Response:
     """The radiologist posting a worklist form (CSRF-checked), or the response to send instead."""
-    return await pages._guard(request)
+    return await guard(request)
 
 
 def _notice(request: Request) -> str:
     text = unquote(request.cookies.get(NOTICE_COOKIE, ""))[:300]
-    return text if _NO_CONTROL.match(text) else ""
+    return text if NO_CONTROL.match(text) else ""
 
 
 def _back(request: Request, form: Any, notice: str | None = None) -> Response:
     """Back to the worklist the form was sent from (its filters), with a one-line notice."""
-    target = pages._safe_next(str(form.get("back") or "") or None)
+    target = safe_next(str(form.get("back") or "") or None)
     if not target.startswith("/worklist"):
         target = "/worklist"
     response = RedirectResponse(target, status_code=303)
@@ -288,14 +287,14 @@ def _attempt(action: Any, *args: Any) -> str | None:
 async def _claim_form(request: Request, action: Any) -> Response:
     """A claim form post (``action``: :func:`covidet.api.reading_room.claim` or ``release``), then back
     to the worklist, with the refusal as its notice."""
-    guard = await _form_user(request)
-    if isinstance(guard, Response):
-        return guard
+    allowed = await _form_user(request)
+    if isinstance(allowed, Response):
+        return allowed
     form = await request.form(max_files=0, max_fields=4, max_part_size=2048)
     study_id = _study_id(request)
     if study_id is None:
         return _back(request, form, "No such study.")
-    error = await run_in_threadpool(_attempt, action, pages._db(request), request, guard, study_id, "web")
+    error = await run_in_threadpool(_attempt, action, database(request), request, allowed, study_id, "web")
     return _back(request, form, error)
 
 
@@ -317,11 +316,11 @@ def _next(db: Database, request: Request, user: AuthenticatedUser) -> int | None
 async def next_case(request: Request) -> Response:
     """Claim the next study to read (most urgent, then longest waiting, not read by someone else) and
     open its first unread image; back to the worklist when nothing is left."""
-    guard = await _form_user(request)
-    if isinstance(guard, Response):
-        return guard
+    allowed = await _form_user(request)
+    if isinstance(allowed, Response):
+        return allowed
     form = await request.form(max_files=0, max_fields=4, max_part_size=2048)
-    image_id = await run_in_threadpool(_next, pages._db(request), request, guard)
+    image_id = await run_in_threadpool(_next, database(request), request, allowed)
     if image_id is None:
         return _back(request, form, "Nothing left to read: every study has a signed review or is being read.")
     return RedirectResponse(f"/images/{image_id}", status_code=303)
