@@ -1,6 +1,8 @@
 """The MQTT port under attack and misconfiguration, against a real Mosquitto that runs the configuration
-covidet generates (``mosquitto_config``, the text of ``mosquitto.conf.example``), with real clients:
-mosquitto_sub and mosquitto_pub (MQTT v3.1.1), paho-mqtt (v5) and the covidet subscriber.
+covidet generates (``mosquitto_config``, the text of ``mosquitto.conf.example``), started by the one
+private-broker helper of the tests (:func:`tests.servers.start_mosquitto`, i.e.
+:func:`covidet.app.broker.start_mosquitto`), with real clients: mosquitto_sub and mosquitto_pub
+(MQTT v3.1.1), paho-mqtt (v5) and the covidet subscriber.
 
 - a sensor's login that connects with the subscriber's client id neither disconnects the subscriber nor
   destroys its persistent session and the QoS-1 readings queued in it (``use_username_as_clientid``);
@@ -13,10 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import pwd
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,7 +27,6 @@ from sqlalchemy import func, select
 
 from covidet.ingest.mqtt import (
     MAX_PAYLOAD_BYTES,
-    TlsListener,
     VitalsSubscriber,
     max_packet_bytes,
     mosquitto_config,
@@ -44,7 +42,7 @@ from tests.ingest.test_mqtt import (
     reading,
     wait_until,
 )
-from tests.servers import TlsFiles, find_binary, free_port, make_tls_files, terminate, wait_for_port
+from tests.servers import MosquittoHandle, TlsFiles, find_binary, make_tls_files, start_mosquitto
 
 TOPIC = "covidet/devices/+/vitals"
 
@@ -53,42 +51,50 @@ def mosquitto_tool(name: str) -> str:
     return find_binary(name, "mosquitto-clients", (f"/usr/bin/{name}",))
 
 
+def write_generated_files(db: Database, directory: Path) -> None:
+    """covidet's password file and ACL from the device table, as ``covidet mqtt-broker-files`` writes
+    them (nothing added for the tests)."""
+    with db.session() as session:
+        write_mosquitto_files(
+            session, directory, ingest_username=INGEST_USER, ingest_password=INGEST_PASSWORD
+        )
+
+
 @dataclass
 class GeneratedBroker:
-    """Mosquitto running ``mosquitto_config(...)``: plain listener ``port``, TLS listener ``tls_port``."""
+    """The one private Mosquitto of the tests (:func:`tests.servers.start_mosquitto`, which runs
+    covidet's generated configuration) with a plain listener ``port`` and a TLS listener ``tls_port``,
+    and the database its password file and ACL are written from."""
 
     db: Database
-    directory: Path
-    port: int
-    tls_port: int
-    tls: TlsFiles
-    config: str
-    process: subprocess.Popen[bytes]
+    mosquitto: MosquittoHandle
+
+    @property
+    def port(self) -> int:
+        return self.mosquitto.port
+
+    @property
+    def tls_port(self) -> int:
+        assert self.mosquitto.tls_port is not None
+        return self.mosquitto.tls_port
+
+    @property
+    def tls(self) -> TlsFiles:
+        assert self.mosquitto.tls is not None
+        return self.mosquitto.tls
 
     def log(self) -> str:
-        return (self.directory / "mosquitto.log").read_text(errors="replace")
+        return self.mosquitto.log()
 
     def add_sensor(self, name: str) -> DeviceCredentials:
         """Register a sensor, rewrite the files, make the broker reread them (SIGHUP)."""
-        import signal
-        import time
-
         with self.db.session(write=True) as session:
             credentials = queries.create_device(session, name, "sensor")
-        with self.db.session() as session:
-            write_mosquitto_files(
-                session,
-                self.directory / "broker",
-                ingest_username=INGEST_USER,
-                ingest_password=INGEST_PASSWORD,
-            )
-        before = self.log().count("Reloading config")
-        self.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: self.log().count("Reloading config") > before, 10, "the broker to reload")
-        time.sleep(0.1)  # the files are reread right after that line
+        write_generated_files(self.db, self.mosquitto.files_dir)
+        self.mosquitto.reload()
         return credentials
 
-    def count(self, model: Any) -> int:
+    def count(self, model: type[VitalSignRecord]) -> int:
         with self.db.session() as session:
             return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
@@ -97,77 +103,32 @@ class GeneratedBroker:
             return list(session.scalars(select(RejectedMessage).order_by(RejectedMessage.id)))
 
 
-def start_generated_broker(db: Database, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> GeneratedBroker:
-    """Mosquitto with covidet's generated configuration, on free loopback ports, in its own /tmp folder.
-
-    Only what a test cannot use is changed: the ports, folders and certificates are the test's, and log
-    lines go to a file. As root, Mosquitto drops to the ``mosquitto`` user before it reads its files.
-    """
-    binary = find_binary("mosquitto", "mosquitto", ("/usr/sbin/mosquitto",))
-    as_root = os.geteuid() == 0
-    directory = Path(tempfile.mkdtemp(prefix="covidet-mqtt-generated-", dir="/tmp" if as_root else None))
-    directory.chmod(0o755)
-    (directory / "broker").mkdir(mode=0o755)
-    data = directory / "data"
-    data.mkdir(mode=0o755)
-    if as_root:
-        user = pwd.getpwnam("mosquitto")
-        os.chown(data, user.pw_uid, user.pw_gid)
-    with db.session() as session:
-        files = write_mosquitto_files(
-            session, directory / "broker", ingest_username=INGEST_USER, ingest_password=INGEST_PASSWORD
-        )
-    tls = make_tls_files(directory / "tls", owner="mosquitto" if as_root else None)
-    port, tls_port = free_port(), free_port()
-    config = mosquitto_config(
-        files.password_file,
-        files.acl_file,
-        plain_port=port,
-        tls=TlsListener(
-            port=tls_port,
-            host="127.0.0.1",
-            cafile=tls.ca_cert,
-            certfile=tls.server_cert,
-            keyfile=tls.server_key,
-        ),
-        persistence_location=data,
-        max_payload_bytes=max_payload_bytes,
-    )
-    logging_lines = [
-        "log_dest stderr",
-        "log_type all",
-    ]
-    (directory / "mosquitto.conf").write_text(config + "\n".join(logging_lines) + "\n")
-    with open(directory / "mosquitto.log", "wb") as log:
-        process = subprocess.Popen(
-            [binary, "-c", str(directory / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        wait_for_port(port, process=process)
-        wait_for_port(tls_port, process=process)
-    except Exception:
-        terminate(process, 10)
-        raise RuntimeError(f"mosquitto did not start:\n{(directory / 'mosquitto.log').read_text()}") from None
-    return GeneratedBroker(db, directory, port, tls_port, tls, config, process)
-
-
 @pytest.fixture
-def generated() -> Iterator[Callable[..., GeneratedBroker]]:
-    """``generated(max_payload_bytes=...)``: a SQLite database and a broker on the generated config."""
+def generated(tmp_path: Path) -> Iterator[Callable[..., GeneratedBroker]]:
+    """``generated(max_payload_bytes=...)``: a SQLite database and a broker on the generated
+    configuration, with a TLS listener (a throw-away CA), both stopped after the test."""
     started: list[GeneratedBroker] = []
-    with tempfile.TemporaryDirectory(prefix="covidet-mqtt-db-") as folder:
 
-        def start(**options: Any) -> GeneratedBroker:
-            db = Database(f"sqlite:///{Path(folder) / f'covidet-{len(started)}.db'}")
-            broker = start_generated_broker(db, **options)
-            started.append(broker)
-            return broker
+    def start(*, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> GeneratedBroker:
+        db = Database(f"sqlite:///{tmp_path / f'covidet-{len(started)}.db'}")
+        try:
+            mosquitto = start_mosquitto(
+                lambda directory: write_generated_files(db, directory),
+                tls=True,
+                max_payload_bytes=max_payload_bytes,
+                # The broker says "Dropped too large PUBLISH" at debug level only.
+                extra_config="log_type debug",
+            )
+        except BaseException:
+            db.dispose()
+            raise
+        started.append(GeneratedBroker(db, mosquitto))
+        return started[-1]
 
-        yield start
-        for broker in started:
-            terminate(broker.process, 10)
-            broker.db.dispose()
-            subprocess.run(["rm", "-rf", str(broker.directory)], check=False)
+    yield start
+    for broker in started:
+        broker.mosquitto.stop()
+        broker.db.dispose()
 
 
 @pytest.fixture
