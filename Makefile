@@ -65,6 +65,9 @@ fuzz: setup
 	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=0 \
 	  tests/ingest/test_mqtt_fuzz.py tests/imaging/test_validate_fuzz.py
 
+# mypy runs on the packages kept type-clean so far (tests/test_lint.py runs the same in `make test`).
+MYPY_PACKAGES ?= src/covidet/domain.py src/covidet/config.py src/covidet/assessment src/covidet/pacs
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy $(MYPY_PACKAGES)

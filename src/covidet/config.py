@@ -271,11 +271,7 @@ class Settings(BaseSettings):
             if text.startswith("{"):
                 value = json.loads(text)
             else:
-                value = dict(
-                    part.split("=", 1) if "=" in part else (part, "")
-                    for part in text.split(",")
-                    if part.strip()
-                )
+                value = dict(part.partition("=")[::2] for part in text.split(",") if part.strip())
         if not isinstance(value, dict):
             raise ValueError("dicom_move_destinations must be AE=host:port pairs separated by commas")
         checked: dict[str, str] = {}

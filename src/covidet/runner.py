@@ -163,7 +163,7 @@ def run_services(
     ``settings.shutdown_grace_seconds`` (see the module docstring)."""
     import uvicorn
 
-    from covidet.api.app import create_app
+    from covidet.app.server import create_app
 
     grace = float(getattr(settings, "shutdown_grace_seconds", 30.0))
     services = start_services(settings, host=host, dicom_port=dicom_port, mqtt=mqtt, predictor=predictor)

@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from covidet.api import create_app
+from covidet.app.server import create_app
 from covidet.api.auth import hash_password
 from covidet.config import Settings
 from covidet.ingest.service import ImageIngest

@@ -39,7 +39,7 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from covidet.api import create_app
+from covidet.app.server import create_app
 from covidet.assessment.triage import news2_score
 from covidet.config import Settings
 from covidet.demo import DemoAccounts, Mosquitto, register_demo, start_mosquitto

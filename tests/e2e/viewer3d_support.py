@@ -22,7 +22,7 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, generate_uid
 from sqlalchemy import func, select
 
-from covidet.api import create_app
+from covidet.app.server import create_app
 from covidet.config import Settings
 from covidet.demo import DemoAccounts, register_demo
 from covidet.runner import start_services

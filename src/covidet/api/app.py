@@ -1,4 +1,7 @@
-"""The FastAPI application factory.
+"""The FastAPI application factory of the API alone (JSON API, DICOMweb, OpenAPI docs).
+
+The web pages are not here: :func:`covidet.app.server.create_app` mounts them on this app (the web
+pages use the API; the API does not import them). ``covidet serve`` runs that whole server.
 
 ``create_app`` builds the app around shared objects: the settings, the database and the image
 ingest service. Anything not given is made from the settings, and then also closed by the app when
@@ -6,7 +9,7 @@ it shuts down; objects handed in belong to the caller (the ``serve`` command, th
 
 Serve it with uvicorn, over TLS in any real deployment::
 
-    uvicorn --factory covidet.api.app:create_app --host 0.0.0.0 --port 8443 \\
+    uvicorn --factory covidet.app.server:create_app --host 0.0.0.0 --port 8443 \\
         --ssl-certfile cert.pem --ssl-keyfile key.pem
 """
 
@@ -51,7 +54,6 @@ from covidet.ingest.service import ImageIngest
 from covidet.ingest.storage import ImageStore
 from covidet.store import review_queries as rq
 from covidet.store.db import Database
-from covidet.web import mount_web
 from covidet.worker.queue import InProcessQueue
 
 __all__ = ["API_PREFIX", "create_app"]
@@ -218,6 +220,5 @@ def create_app(
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(dicomweb_router)  # /dicom-web: WADO-RS, QIDO-RS, STOW-RS (docs/dicomweb.md)
-    mount_web(app)  # web pages, /static and GET /api/v1/events (covidet.web)
     mount_docs(app)  # /docs: Swagger UI from this server, with a Content-Security-Policy
     return app

@@ -17,7 +17,7 @@ import socket
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 
 __all__ = ["ForwardError", "forward_to_pacs"]
 
@@ -119,7 +119,10 @@ def forward_to_pacs(
         if getattr(primitive, "result", None) in (1, 2):  # A-ASSOCIATE-RJ (permanent / transient)
             rejection.append(f"{primitive.result_str}: {primitive.reason_str} (by {primitive.source_str})")
 
-    handlers = [(evt.EVT_CONN_OPEN, _on_connect), (evt.EVT_ACSE_RECV, _record_rejection)]
+    handlers: list[EventHandlerType] = [
+        (evt.EVT_CONN_OPEN, _on_connect),
+        (evt.EVT_ACSE_RECV, _record_rejection),
+    ]
     assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=handlers)
     if not assoc.is_established:
         if not connected:
