@@ -1,5 +1,6 @@
-"""Studies and images: study lists, one study or image, an image's inferences, findings, triage and
-reviews.
+"""Studies and images: study lists, one study or image, a patient's other studies, an image's
+inferences (and the error of its newest failed one), findings, triage and reviews, and the models
+that analysed images.
 
 Functions take a session and never commit; see :mod:`covidet.store.review_queries`.
 """
@@ -25,15 +26,20 @@ from covidet.store.models import (
 from covidet.store.query_common import NotFound, _contains, _page
 
 __all__ = [
+    "ModelUsage",
     "StudyRow",
     "get_image",
     "get_study",
+    "get_study_by_uid",
     "image_findings",
     "image_inferences",
     "image_reviews",
+    "latest_failure",
     "latest_inference",
     "latest_triage",
     "list_studies",
+    "models_in_use",
+    "other_studies",
 ]
 
 # ----------------------------------------------------------------------------------- studies, images
@@ -102,6 +108,25 @@ def get_study(session: Session, study_id: int) -> Study | None:
     )
 
 
+def get_study_by_uid(session: Session, study_uid: str) -> Study | None:
+    """The study with this Study Instance UID, its patient loaded, or ``None``."""
+    return session.scalar(
+        select(Study).where(Study.study_instance_uid == study_uid).options(selectinload(Study.patient))
+    )
+
+
+def other_studies(session: Session, patient_id: int, *, exclude_study_id: int) -> list[Study]:
+    """The patient's studies but ``exclude_study_id``, newest first: by study date (studies without a
+    date last), then by id."""
+    return list(
+        session.scalars(
+            select(Study)
+            .where(Study.patient_id == patient_id, Study.id != exclude_study_id)
+            .order_by(Study.study_datetime.desc().nulls_last(), Study.id.desc())
+        )
+    )
+
+
 def get_image(session: Session, image_id: int) -> Image | None:
     """An image with its study and patient loaded."""
     return session.scalar(
@@ -120,6 +145,37 @@ def latest_inference(session: Session, image_id: int) -> Inference | None:
         .options(selectinload(Inference.findings))
         .limit(1)
     )
+
+
+def latest_failure(session: Session, image_id: int) -> str | None:
+    """The error message of the image's newest failed inference; ``None`` when none failed (or the
+    newest failure has no message)."""
+    return session.scalar(
+        select(Inference.error)
+        .where(Inference.image_id == image_id, Inference.status == InferenceStatus.FAILED.value)
+        .order_by(Inference.id.desc())
+        .limit(1)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """A model (name and version) and how many successful inferences it made."""
+
+    name: str
+    version: str
+    count: int
+
+
+def models_in_use(session: Session) -> list[ModelUsage]:
+    """Every model that analysed an image successfully, with its count, by name then version."""
+    rows = session.execute(
+        select(Inference.model_name, Inference.model_version, func.count(Inference.id))
+        .where(Inference.status == InferenceStatus.SUCCEEDED.value)
+        .group_by(Inference.model_name, Inference.model_version)
+        .order_by(Inference.model_name, Inference.model_version)
+    ).all()
+    return [ModelUsage(name, version, int(count)) for name, version, count in rows]
 
 
 def image_inferences(session: Session, image_id: int) -> list[Inference]:

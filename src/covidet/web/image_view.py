@@ -13,11 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TypedDict
 
-from sqlalchemy import select
-
 from covidet.store import review_queries as rq
+from covidet.store import study_queries as sq
 from covidet.store.db import Database
-from covidet.store.models import Inference
 from covidet.web.charts import TrendChart, trend_charts
 from covidet.web.review_view import ReadingRoomView, ReviewView, reading_room_view, review_view
 
@@ -106,12 +104,7 @@ def image_view(db: Database, image_id: int, user_id: int) -> ImageView | None:
         readings, vitals_total = rq.patient_vitals(session, patient.id, limit=TREND_READINGS)
         latest = rq.latest_vitals(session, [patient.id]).get(patient.id, {})
         reviews = [review_view(r) for r in rq.image_reviews(session, image_id)]
-        failed = session.scalar(
-            select(Inference.error)
-            .where(Inference.image_id == image_id, Inference.status == "failed")
-            .order_by(Inference.id.desc())
-            .limit(1)
-        )
+        failed = sq.latest_failure(session, image_id)
         ai: AiView | None = None
         if inference is not None:
             probabilities = inference.probabilities or {}

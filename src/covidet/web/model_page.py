@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 import covidet
+from covidet.store import study_queries as sq
 from covidet.store.db import Database
-from covidet.store.models import Inference
 from covidet.web.access import database, guard, not_found
 from covidet.web.rendering import render
 
@@ -72,15 +71,9 @@ def model_plots_dir(card_path: Path | None) -> Path | None:
     return None
 
 
-def _models_in_use(db: Database) -> list[dict[str, object]]:
+def _models_in_use(db: Database) -> list[sq.ModelUsage]:
     with db.session() as session:
-        rows = session.execute(
-            select(Inference.model_name, Inference.model_version, func.count(Inference.id))
-            .where(Inference.status == "succeeded")
-            .group_by(Inference.model_name, Inference.model_version)
-            .order_by(Inference.model_name, Inference.model_version)
-        ).all()
-    return [{"name": name, "version": version, "count": int(count)} for name, version, count in rows]
+        return sq.models_in_use(session)
 
 
 def _section(value: object) -> dict[str, object]:

@@ -21,7 +21,6 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -30,8 +29,9 @@ from covidet.api.auth import SESSION_COOKIE, AuthenticatedUser, get_optional_use
 from covidet.assessment.reports import LABEL_CODES
 from covidet.store import archive_queries as aq
 from covidet.store import review_queries as rq
+from covidet.store import study_queries as sq
 from covidet.store.db import Database
-from covidet.store.models import Patient, Role, Study
+from covidet.store.models import Role, Study
 from covidet.web.rendering import LABELS, render
 
 __all__ = ["BUNDLE_DIR", "VIEWER_PATH", "routes"]
@@ -86,24 +86,15 @@ def _date(study: Study) -> str:
 def viewer_state(db: Database, study_uid: str, user_id: int) -> dict[str, Any] | None:
     """The page's data for the study ``study_uid``, or ``None`` when covidet holds no X-ray of it."""
     with db.session() as session:
-        found = session.execute(
-            select(Study, Patient)
-            .join(Patient, Study.patient_id == Patient.id)
-            .where(Study.study_instance_uid == study_uid)
-        ).first()
-        if found is None:
+        study = sq.get_study_by_uid(session, study_uid)
+        if study is None:
             return None
-        study, patient = found
+        patient = study.patient
         images = _images(aq.instances(session, study_uid=study_uid))
         if not images:
             return None
         priors = []
-        others = session.scalars(
-            select(Study)
-            .where(Study.patient_id == patient.id, Study.id != study.id)
-            .order_by(Study.study_datetime.desc().nulls_last(), Study.id.desc())
-        ).all()
-        for other in others:
+        for other in sq.other_studies(session, patient.id, exclude_study_id=study.id):
             prior_images = _images(aq.instances(session, study_ids=[other.id]))
             if prior_images:
                 priors.append(
