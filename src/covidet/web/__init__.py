@@ -2,10 +2,13 @@
 this package (no build step, nothing from other sites), and the server-sent-events stream of the live
 worklist.
 
-:func:`mount_web` adds it all to the API app made by :func:`covidet.api.app.create_app`:
+:func:`mount_web` adds it all to the API app made by :func:`covidet.api.app.create_app` (the
+wiring, :mod:`covidet.app.server`, calls it):
 
 * ``/`` (redirect), ``/login``, ``/logout``, ``/images/{id}`` (viewer and review), ``/model``,
-  ``/model/plots/{name}``, ``/admin/audit``: HTML pages (:mod:`covidet.web.pages`);
+  ``/model/plots/{name}``, ``/admin/audit``: HTML pages, one module per screen, routed by
+  :mod:`covidet.web.pages` (rendering and access checks: :mod:`covidet.web.rendering`,
+  :mod:`covidet.web.access`);
 * ``/worklist``, ``/worklist/live`` and the worklist's forms (claim, release, next case):
   :mod:`covidet.web.worklist_page`;
 * ``/static/...``: the pages' scripts and styles;
@@ -16,12 +19,15 @@ See docs/web.md.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# Nothing from covidet.api is imported at module level: covidet.api.app imports this package.
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+# Nothing from covidet.api is imported at module level: the pages are imported by mount_web.
 __all__ = ["close_event_streams", "mount_web"]
 
 
@@ -45,18 +51,18 @@ class _StaticHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def close_event_streams(app: Any) -> None:
+def close_event_streams(app: FastAPI) -> None:
     """End the app's open event streams (see :func:`covidet.web.events.close_event_streams`)."""
     from covidet.web.events import close_event_streams as close
 
     close(app)
 
 
-def mount_web(app: Any) -> None:
+def mount_web(app: FastAPI) -> None:
     """Add the web pages, their static files and ``GET /api/v1/events`` to ``app`` (a FastAPI app of
     :func:`covidet.api.app.create_app`: its ``state`` holds the settings and the database)."""
     from covidet.api.deps import API_PREFIX
-    from covidet.web import events, pages, worklist_page
+    from covidet.web import events, pages, rendering, worklist_page
 
     app.include_router(events.router, prefix=API_PREFIX)
     for route in pages.page_routes() + worklist_page.worklist_routes():
@@ -64,4 +70,4 @@ def mount_web(app: Any) -> None:
     from covidet.web import viewer_page  # the diagnostic viewer (docs/web.md)
 
     app.router.routes.extend(viewer_page.routes())
-    app.mount("/static", _StaticHeaders(StaticFiles(directory=pages.STATIC_DIR)), name="static")
+    app.mount("/static", _StaticHeaders(StaticFiles(directory=rendering.STATIC_DIR)), name="static")

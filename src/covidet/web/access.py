@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -21,7 +22,16 @@ from covidet.store.db import Database
 from covidet.store.models import Role
 from covidet.web.rendering import render
 
-__all__ = ["NO_CONTROL", "database", "guard", "not_found", "page_user", "safe_next"]
+__all__ = [
+    "NO_CONTROL",
+    "database",
+    "error_page",
+    "guard",
+    "not_found",
+    "page_user",
+    "safe_next",
+    "set_form_cookie",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,22 +84,53 @@ async def guard(request: Request, *, admin: bool = False) -> AuthenticatedUser |
     allowed = {Role.ADMIN.value} if admin else {Role.ADMIN.value, Role.RADIOLOGIST.value}
     if user.role not in allowed:
         logger.warning("page %s refused to %s (%s)", request.url.path, user.username, user.role)
-        return render(
+        return error_page(
             request,
-            "error.html",
-            {
-                "title": "Not allowed",
-                "message": f"This page needs the role {' or '.join(sorted(allowed))}; "
-                f"you are signed in as {user.username} ({user.role}).",
-            },
-            user=user,
+            user,
+            "Not allowed",
+            f"This page needs the role {' or '.join(sorted(allowed))}; "
+            f"you are signed in as {user.username} ({user.role}).",
             status_code=403,
         )
     return user
 
 
+def error_page(
+    request: Request,
+    user: AuthenticatedUser,
+    title: str,
+    message: str,
+    *,
+    status_code: int,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """The error page (``error.html``) with ``title`` and ``message``."""
+    return render(
+        request,
+        "error.html",
+        {"title": title, "message": message},
+        user=user,
+        status_code=status_code,
+        headers=headers,
+    )
+
+
 def not_found(request: Request, user: AuthenticatedUser, message: str) -> Response:
     """The 404 page with ``message``."""
-    return render(
-        request, "error.html", {"title": "Not found", "message": message}, user=user, status_code=404
+    return error_page(request, user, "Not found", message, status_code=404)
+
+
+def set_form_cookie(
+    response: Response, request: Request, name: str, value: str, *, max_age: int, path: str
+) -> None:
+    """Set a cookie of the pages' forms: HTTP-only, strict same-site, secure over HTTPS, valid only
+    below ``path`` for ``max_age`` seconds."""
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=path,
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
     )

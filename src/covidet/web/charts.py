@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from covidet.store.models import VitalSignRecord
+    from covidet.store.worklist_queries import VitalValue
 
 __all__ = ["CHART_HEIGHT", "CHART_WIDTH", "SERIES", "TrendChart", "trend_charts"]
 
@@ -52,7 +56,7 @@ class TrendChart:
         )
 
 
-def trend_charts(readings: Sequence[Any], latest: dict[str, Any]) -> list[TrendChart]:
+def trend_charts(readings: Sequence[VitalSignRecord], latest: Mapping[str, VitalValue]) -> list[TrendChart]:
     """Charts of ``readings`` (VitalSignRecord rows, oldest first) for each parameter that has values;
     ``latest`` is :func:`covidet.store.review_queries.latest_vitals` of the patient (NEWS2 flags)."""
     charts: list[TrendChart] = []

@@ -34,8 +34,8 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -43,6 +43,13 @@ from fastapi.responses import StreamingResponse
 
 from covidet.api.auth import RadiologistUser, record_audit
 from covidet.api.deps import DatabaseDep
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+    from starlette.applications import Starlette
+
+    from covidet.worker.events import Event
 
 __all__ = [
     "HEARTBEAT_SECONDS",
@@ -68,15 +75,18 @@ QUEUE_SIZE = 1000
 #: Milliseconds the browser waits before it reconnects a dropped stream.
 RETRY_MS = 3000
 
+#: An event as a stream hands it on: a JSON object with a ``type`` key.
+StreamEvent = dict[str, object]
 
-def format_event(event: dict[str, Any], event_id: int) -> str:
+
+def format_event(event: Mapping[str, object], event_id: int) -> str:
     """One SSE message: ``event`` (the type), ``id`` and ``data`` (JSON on one line)."""
     kind = str(event.get("type", "message")).replace("\n", " ").replace("\r", " ")
     data = json.dumps(event, default=str, separators=(",", ":"))
     return f"event: {kind}\nid: {event_id}\ndata: {data}\n\n"
 
 
-def close_event_streams(app: Any) -> None:
+def close_event_streams(app: Starlette) -> None:
     """End every open event stream of ``app`` within :data:`POLL_SECONDS` (and refuse new ones).
 
     Call it before stopping a uvicorn server that does not own the signal handlers (one run in a
@@ -97,14 +107,23 @@ def _uvicorn_exiting() -> bool:
     return isinstance(server, uvicorn.Server) and bool(server.should_exit)
 
 
-def _closing(app: Any) -> bool:
+def _closing(app: Starlette) -> bool:
     return bool(getattr(app.state, "event_streams_closed", False)) or _uvicorn_exiting()
 
 
+class _Subscribable(Protocol):
+    """What :class:`~covidet.worker.events.InProcessEvents` offers a stream."""
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]: ...
+
+
 class _Source(Protocol):
+    """Where a stream's events come from: ``get`` waits at most ``timeout`` seconds (``None``: no
+    event came)."""
+
     async def start(self) -> None: ...
 
-    async def get(self, timeout: float) -> dict[str, Any] | None: ...
+    async def get(self, timeout: float) -> StreamEvent | None: ...
 
     async def close(self) -> None: ...
 
@@ -115,7 +134,7 @@ class _NoEvents:
     async def start(self) -> None:
         return None
 
-    async def get(self, timeout: float) -> dict[str, Any] | None:
+    async def get(self, timeout: float) -> StreamEvent | None:
         await asyncio.sleep(timeout)
         return None
 
@@ -127,28 +146,28 @@ class _InProcessSource:
     """Events of an :class:`~covidet.worker.events.InProcessEvents`, bridged from the publishing
     threads into this stream's event loop."""
 
-    def __init__(self, events: Any) -> None:
+    def __init__(self, events: _Subscribable) -> None:
         self._events = events
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        self._queue: asyncio.Queue[StreamEvent] = asyncio.Queue(QUEUE_SIZE)
         self._unsubscribe: Callable[[], None] | None = None
         self._dropped = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
 
-        def put(event: dict[str, Any]) -> None:  # on the event loop
+        def put(event: StreamEvent) -> None:  # on the event loop
             try:
                 self._queue.put_nowait(event)
             except asyncio.QueueFull:
                 self._dropped += 1
 
-        def on_event(event: dict[str, Any]) -> None:  # on the publisher's thread: never block it
+        def on_event(event: Event) -> None:  # on the publisher's thread: never block it
             with contextlib.suppress(RuntimeError):  # the loop is closed: the stream is gone
                 loop.call_soon_threadsafe(put, dict(event))
 
         self._unsubscribe = self._events.subscribe(on_event)
 
-    async def get(self, timeout: float) -> dict[str, Any] | None:
+    async def get(self, timeout: float) -> StreamEvent | None:
         if self._dropped:
             dropped, self._dropped = self._dropped, 0
             logger.warning("event stream fell behind: %d event(s) dropped, client told to resync", dropped)
@@ -169,8 +188,8 @@ class _RedisSource:
 
     def __init__(self, url: str) -> None:
         self._url = url
-        self._client: Any = None
-        self._pubsub: Any = None
+        self._client: Redis | None = None
+        self._pubsub: PubSub | None = None
 
     async def start(self) -> None:
         import redis.asyncio as aioredis
@@ -181,7 +200,9 @@ class _RedisSource:
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(CHANNEL)
 
-    async def get(self, timeout: float) -> dict[str, Any] | None:
+    async def get(self, timeout: float) -> StreamEvent | None:
+        if self._pubsub is None:
+            raise RuntimeError("the Redis event source is not started")
         message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
         if message is None or message.get("type") != "message":
             return None
@@ -200,7 +221,7 @@ class _RedisSource:
                 await self._client.aclose()
 
 
-def _source_of(app: Any) -> _Source:
+def _source_of(app: Starlette) -> _Source:
     """Where this app's events come from (see the module docstring)."""
     runtime = getattr(app.state, "runtime", None)
     if runtime is None:
@@ -216,7 +237,7 @@ def _source_of(app: Any) -> _Source:
     return _NoEvents()
 
 
-async def _stream(app: Any, source: _Source, user: str) -> AsyncIterator[str]:
+async def _stream(app: Starlette, source: _Source, user: str) -> AsyncIterator[str]:
     started = last_sent = time.monotonic()
     sent = 0
     try:

@@ -28,7 +28,7 @@ from covidet.api.auth import (
 )
 from covidet.api.ratelimit import LoginLocked, throttled_authenticate
 from covidet.store import review_queries as rq
-from covidet.web.access import database, page_user, safe_next
+from covidet.web.access import database, page_user, safe_next, set_form_cookie
 from covidet.web.rendering import render
 
 __all__ = ["LOGIN_CSRF_COOKIE", "home", "login_form", "login_submit", "logout"]
@@ -60,15 +60,7 @@ def _login_form(
         user=None,
         status_code=status_code,
     )
-    response.set_cookie(
-        LOGIN_CSRF_COOKIE,
-        token,
-        max_age=3600,
-        path="/login",
-        secure=request.url.scheme == "https",
-        httponly=True,
-        samesite="strict",
-    )
+    set_form_cookie(response, request, LOGIN_CSRF_COOKIE, token, max_age=3600, path="/login")
     return response
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 from urllib.parse import quote
 
 from fastapi.concurrency import run_in_threadpool
@@ -32,6 +32,7 @@ from covidet.store import review_queries as rq
 from covidet.store import study_queries as sq
 from covidet.store.db import Database
 from covidet.store.models import Role, Study
+from covidet.web.access import error_page
 from covidet.web.rendering import LABELS, render
 
 __all__ = ["BUNDLE_DIR", "VIEWER_PATH", "routes"]
@@ -60,7 +61,44 @@ _CSP = (
 )
 
 
-def _image_entry(record: aq.InstanceRecord, sr_by_image: dict[int, aq.InstanceRecord]) -> dict[str, Any]:
+class SrRef(TypedDict):
+    """Where the viewer fetches an AI SR over WADO-RS."""
+
+    seriesUid: str
+    sopUid: str
+
+
+class ViewerImage(TypedDict):
+    """An X-ray of a study as the viewer's script reads it."""
+
+    imageId: int
+    seriesUid: str
+    sopUid: str
+    modality: str
+    columns: int | None
+    rows: int | None
+    aiSr: SrRef | None
+
+
+class PriorStudy(TypedDict):
+    uid: str
+    date: str
+    description: str
+    images: list[ViewerImage]
+
+
+class ViewerState(TypedDict):
+    """The page's embedded state (before the page adds ``selected``, the roots and the labels);
+    ``draftIds`` maps an image id (as a string: JSON keys) to this reader's draft review of it."""
+
+    patient: dict[str, object]
+    study: dict[str, object]
+    images: list[ViewerImage]
+    priors: list[PriorStudy]
+    draftIds: dict[str, int]
+
+
+def _image_entry(record: aq.InstanceRecord, sr_by_image: dict[int, aq.InstanceRecord]) -> ViewerImage:
     sr = sr_by_image.get(record.image_id)
     return {
         "imageId": record.image_id,
@@ -73,7 +111,7 @@ def _image_entry(record: aq.InstanceRecord, sr_by_image: dict[int, aq.InstanceRe
     }
 
 
-def _images(records: list[aq.InstanceRecord]) -> list[dict[str, Any]]:
+def _images(records: list[aq.InstanceRecord]) -> list[ViewerImage]:
     """The X-rays of a study, each with its newest AI SR (``kind == "ai-sr"``) when the archive has one."""
     sr_by_image = {r.image_id: r for r in records if r.kind == "ai-sr"}  # creation order: newest wins
     return [_image_entry(r, sr_by_image) for r in records if r.kind == "image"]
@@ -83,7 +121,7 @@ def _date(study: Study) -> str:
     return study.study_datetime.date().isoformat() if study.study_datetime else ""
 
 
-def viewer_state(db: Database, study_uid: str, user_id: int) -> dict[str, Any] | None:
+def viewer_state(db: Database, study_uid: str, user_id: int) -> ViewerState | None:
     """The page's data for the study ``study_uid``, or ``None`` when covidet holds no X-ray of it."""
     with db.session() as session:
         study = sq.get_study_by_uid(session, study_uid)
@@ -93,7 +131,7 @@ def viewer_state(db: Database, study_uid: str, user_id: int) -> dict[str, Any] |
         images = _images(aq.instances(session, study_uid=study_uid))
         if not images:
             return None
-        priors = []
+        priors: list[PriorStudy] = []
         for other in sq.other_studies(session, patient.id, exclude_study_id=study.id):
             prior_images = _images(aq.instances(session, study_ids=[other.id]))
             if prior_images:
@@ -107,7 +145,7 @@ def viewer_state(db: Database, study_uid: str, user_id: int) -> dict[str, Any] |
                 )
             if len(priors) >= MAX_PRIORS:
                 break
-        draft_ids = {}
+        draft_ids: dict[str, int] = {}
         for image in images:
             for review in rq.image_reviews(session, image["imageId"]):
                 if review.status == "draft" and review.reviewer_id == user_id:
@@ -140,28 +178,14 @@ async def viewer3d_page(request: Request) -> Response:
     if user.role not in _ALLOWED_ROLES:
         logger.warning("viewer refused to %s (%s)", user.username, user.role)
         message = f"The viewer needs the role admin or radiologist; you are {user.username} ({user.role})."
-        return render(
-            request,
-            "error.html",
-            {"title": "Not allowed", "message": message},
-            user=user,
-            status_code=403,
-            headers=headers,
-        )
+        return error_page(request, user, "Not allowed", message, status_code=403, headers=headers)
     study_uid = request.path_params["study_uid"]
     state = None
     if 0 < len(study_uid) <= _MAX_UID and all(c.isdigit() or c == "." for c in study_uid):
         state = await run_in_threadpool(viewer_state, db, study_uid, user.id)
     if state is None:
         message = f"covidet holds no X-ray of the study {study_uid[:_MAX_UID]}."
-        return render(
-            request,
-            "error.html",
-            {"title": "Not found", "message": message},
-            user=user,
-            status_code=404,
-            headers=headers,
-        )
+        return error_page(request, user, "Not found", message, status_code=404, headers=headers)
     wanted = request.query_params.get("image", "")
     ids = [image["imageId"] for image in state["images"]]
     selected = ids.index(int(wanted)) if wanted.isdigit() and int(wanted) in ids else 0

@@ -1,4 +1,5 @@
 """The worklist page, by patient and study: one row per study, claims ("being read by") and "next case".
+Its filters and sort are :class:`covidet.web.worklist_filters.StudyFilters`.
 
 Rows come from :func:`covidet.store.reading_room.study_worklist` through the API's presenter
 (:func:`covidet.api.reading_room.study_public`), so the page and ``GET /api/v1/worklist/studies`` show
@@ -12,11 +13,13 @@ keyboard); they post the session's CSRF token, which :func:`covidet.api.auth.get
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
-from typing import Any
-from urllib.parse import quote, unquote, urlencode
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, TypedDict
+from urllib.parse import quote, unquote
 
 from fastapi.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -27,18 +30,17 @@ from covidet.api.reading_room import AI_SCORE_NAME, StudyPublic, ai_score_help, 
 from covidet.store import reading_room as rr
 from covidet.store import review_queries as rq
 from covidet.store.db import Database
-from covidet.web.access import NO_CONTROL, database, guard, safe_next
+from covidet.web.access import NO_CONTROL, database, guard, safe_next, set_form_cookie
 from covidet.web.rendering import render, templates
+from covidet.web.worklist_filters import PRIORITIES, SORTABLE, STATUSES, StudyFilters
+
+if TYPE_CHECKING:
+    from covidet.ingest.storage import ImageStore
 
 __all__ = ["NOTICE_COOKIE", "StudyFilters", "worklist_routes"]
 
 logger = logging.getLogger(__name__)
 
-_PAGE_SIZE = 50
-_PRIORITIES = ("urgent", "high", "routine", "none")
-_STATUSES = ("queued", "analysed", "failed")
-#: Column headers that sort, with the sort key each uses.
-_SORTABLE = (("priority", "Priority"), ("patient", "Patient"), ("accession", "Study"), ("waiting", "Waiting"))
 #: A one-line message for the next worklist page (a refused claim...), set by the form posts. A
 #: cookie rather than the address, so that no link can make the page say something.
 NOTICE_COOKIE = "covidet_notice"
@@ -66,89 +68,21 @@ def _duration(seconds: int | float | None) -> str:
 templates.env.filters["duration"] = _duration
 
 
-def _text(params: Any, name: str) -> str | None:
-    value = (params.get(name) or "").strip()[:64]
-    return value if value and NO_CONTROL.match(value) else None
+class AlertRow(TypedDict):
+    """An unacknowledged alert in the worklist's strip."""
 
-
-@dataclass(frozen=True)
-class StudyFilters:
-    """The worklist's filters and sort, from and back to a query string (unknown values are ignored)."""
-
-    priority: tuple[str, ...] = ()
-    status: tuple[str, ...] = ()
-    reviewed: bool | None = None
-    patient: str | None = None
-    q: str | None = None
-    sort: str = "priority"
-    order: str = "asc"
-    offset: int = 0
-    limit: int = _PAGE_SIZE
-
-    @classmethod
-    def from_query(cls, params: Any) -> StudyFilters:
-        try:
-            offset = max(0, min(int(params.get("offset", "0")), 1_000_000))
-        except ValueError:
-            offset = 0
-        sort = params.get("sort", "priority")
-        return cls(
-            priority=tuple(p for p in params.getlist("priority") if p in _PRIORITIES),
-            status=tuple(s for s in params.getlist("status") if s in _STATUSES),
-            reviewed={"yes": True, "no": False}.get(params.get("reviewed", "")),
-            patient=_text(params, "patient"),
-            q=_text(params, "q"),
-            sort=sort if sort in rr.SORTS else "priority",
-            order="desc" if params.get("order") == "desc" else "asc",
-            offset=offset,
-        )
-
-    @property
-    def active(self) -> bool:
-        """Whether any filter (not the sort) is set."""
-        return bool(self.priority or self.status or self.reviewed is not None or self.patient or self.q)
-
-    def query(self, **changes: Any) -> str:
-        """The query string of these filters with ``changes`` (another offset, another sort)."""
-        state = replace(self, **changes)
-        pairs: list[tuple[str, str]] = [("priority", p) for p in state.priority]
-        pairs += [("status", s) for s in state.status]
-        if state.reviewed is not None:
-            pairs.append(("reviewed", "yes" if state.reviewed else "no"))
-        pairs += [(name, value) for name in ("patient", "q") if (value := getattr(state, name))]
-        if state.sort != "priority":
-            pairs.append(("sort", state.sort))
-        if state.order != "asc":
-            pairs.append(("order", state.order))
-        if state.offset:
-            pairs.append(("offset", str(state.offset)))
-        return urlencode(pairs)
-
-    def sort_link(self, key: str) -> str:
-        """The query that sorts by ``key`` (ascending; again: the other way), back to the first page."""
-        order = "desc" if self.sort == key and self.order == "asc" else "asc"
-        return self.query(sort=key, order=order, offset=0)
-
-    def aria_sort(self, key: str) -> str:
-        if self.sort != key:
-            return "none"
-        return "descending" if self.order == "desc" else "ascending"
-
-    def audit(self) -> dict[str, Any]:
-        return {
-            "priority": list(self.priority),
-            "status": list(self.status),
-            "reviewed": self.reviewed,
-            "patient": self.patient,
-            "q": self.q,
-            "sort": self.sort,
-            "order": self.order,
-        }
+    id: int
+    image_id: int
+    priority: str
+    reasons: list[str]
+    created_at: datetime
+    patient_key: str
+    patient_name: str | None
 
 
 def _view(
-    db: Database, filters: StudyFilters, store: Any
-) -> tuple[list[StudyPublic], int, list[dict[str, Any]], int]:
+    db: Database, filters: StudyFilters, store: ImageStore | None
+) -> tuple[list[StudyPublic], int, list[AlertRow], int]:
     with db.session() as session:
         rows, total = rr.study_worklist(
             session,
@@ -163,7 +97,7 @@ def _view(
             offset=filters.offset,
         )
         alerts, alert_total = rq.list_alerts(session, acknowledged=False, limit=_ALERTS_SHOWN)
-        alert_rows = [
+        alert_rows: list[AlertRow] = [
             {
                 "id": alert.id,
                 "image_id": alert.image_id,
@@ -212,9 +146,9 @@ async def _worklist(request: Request, template: str) -> Response:
             "alerts": alerts,
             "alert_total": alert_total,
             "filters": filters,
-            "priorities": _PRIORITIES,
-            "statuses": _STATUSES,
-            "sortable": _SORTABLE,
+            "priorities": PRIORITIES,
+            "statuses": STATUSES,
+            "sortable": SORTABLE,
             "page_size": filters.limit,
             "notice": _notice(request) if template == "worklist.html" else "",
             "score_name": AI_SCORE_NAME,
@@ -251,21 +185,15 @@ def _notice(request: Request) -> str:
     return text if NO_CONTROL.match(text) else ""
 
 
-def _back(request: Request, form: Any, notice: str | None = None) -> Response:
+def _back(request: Request, form: FormData, notice: str | None = None) -> Response:
     """Back to the worklist the form was sent from (its filters), with a one-line notice."""
     target = safe_next(str(form.get("back") or "") or None)
     if not target.startswith("/worklist"):
         target = "/worklist"
     response = RedirectResponse(target, status_code=303)
     if notice:
-        response.set_cookie(
-            NOTICE_COOKIE,
-            quote(notice[:300], safe=""),
-            max_age=60,
-            path="/worklist",
-            secure=request.url.scheme == "https",
-            httponly=True,
-            samesite="strict",
+        set_form_cookie(
+            response, request, NOTICE_COOKIE, quote(notice[:300], safe=""), max_age=60, path="/worklist"
         )
     return response
 
@@ -275,16 +203,22 @@ def _study_id(request: Request) -> int | None:
     return study_id if 0 < study_id < 2**31 else None
 
 
-def _attempt(action: Any, *args: Any) -> str | None:
+#: :func:`covidet.api.reading_room.claim` or ``release``: ``(db, request, user, study_id, via)``.
+ClaimAction = Callable[[Database, Request, AuthenticatedUser, int, str], object]
+
+
+def _attempt(
+    action: ClaimAction, db: Database, request: Request, user: AuthenticatedUser, study_id: int
+) -> str | None:
     """Run a claim action; the store's refusal (someone else reads it...) as the notice to show."""
     try:
-        action(*args)
+        action(db, request, user, study_id, "web")
     except rq.QueryError as exc:
         return str(exc)
     return None
 
 
-async def _claim_form(request: Request, action: Any) -> Response:
+async def _claim_form(request: Request, action: ClaimAction) -> Response:
     """A claim form post (``action``: :func:`covidet.api.reading_room.claim` or ``release``), then back
     to the worklist, with the refusal as its notice."""
     allowed = await _form_user(request)
@@ -294,7 +228,7 @@ async def _claim_form(request: Request, action: Any) -> Response:
     study_id = _study_id(request)
     if study_id is None:
         return _back(request, form, "No such study.")
-    error = await run_in_threadpool(_attempt, action, database(request), request, allowed, study_id, "web")
+    error = await run_in_threadpool(_attempt, action, database(request), request, allowed, study_id)
     return _back(request, form, error)
 
 
