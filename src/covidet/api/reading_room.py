@@ -12,10 +12,12 @@ says so wherever the score is shown.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import BaseModel, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
 
 from covidet import DISCLAIMER
 from covidet.api.auth import AuthenticatedUser, audit_in
@@ -28,6 +30,7 @@ from covidet.api.schemas import (
     ai_public,
     vitals_public,
 )
+from covidet.ingest.storage import ImageStore
 from covidet.store import reading_room as rr
 from covidet.store.db import Database
 
@@ -58,7 +61,7 @@ BOX_SCORE_HELP = (
 )
 
 
-def announce(app: Any, event: dict[str, Any]) -> None:
+def announce(app: Starlette, event: Mapping[str, object]) -> None:
     """Publish a reading-room event (``claim``, ``reviewed``) on the runtime's event channel, so that
     open worklists refresh (docs/web.md, live updates); nothing when the app has no runtime. Never
     raises: the database holds the truth, a lost event only delays a refresh."""
@@ -157,7 +160,7 @@ def _review_public(reviews: rr.ImageReviews) -> StudyReviewPublic:
     )
 
 
-def _demographics(row: rr.StudyRow, store: Any) -> Demographics:
+def _demographics(row: rr.StudyRow, store: ImageStore | None) -> Demographics:
     """Sex and age from the first DICOM image of the study that states them."""
     if store is None:
         return Demographics()
@@ -168,7 +171,9 @@ def _demographics(row: rr.StudyRow, store: Any) -> Demographics:
     return Demographics()
 
 
-def study_public(row: rr.StudyRow, *, now: datetime | None = None, store: Any = None) -> StudyPublic:
+def study_public(
+    row: rr.StudyRow, *, now: datetime | None = None, store: ImageStore | None = None
+) -> StudyPublic:
     """The public form of a :class:`covidet.store.reading_room.StudyRow` (the web app reuses it);
     with the image ``store`` (:class:`covidet.ingest.storage.ImageStore`), the patient's sex and age
     come from the DICOM header."""
@@ -222,7 +227,7 @@ def study_public(row: rr.StudyRow, *, now: datetime | None = None, store: Any = 
 # ------------------------------------------------------------------ claims, as the API and pages do them
 
 
-def claim(db: Database, request: Any, user: AuthenticatedUser, study_id: int, via: str) -> rr.ClaimInfo:
+def claim(db: Database, request: Request, user: AuthenticatedUser, study_id: int, via: str) -> rr.ClaimInfo:
     """Claim a study for ``user``: stored and audited (``study.claim``) in one transaction, then
     announced to open worklists. Raises the store's :class:`~covidet.store.review_queries.QueryError`."""
     with db.session(write=True) as session:
@@ -241,7 +246,7 @@ def claim(db: Database, request: Any, user: AuthenticatedUser, study_id: int, vi
 
 
 def release(
-    db: Database, request: Any, user: AuthenticatedUser, study_id: int, via: str
+    db: Database, request: Request, user: AuthenticatedUser, study_id: int, via: str
 ) -> rr.ClaimInfo | None:
     """Release a study's claim (``user``'s own, or anyone's for an admin): audited (``study.release``)
     and announced when there was one. Raises the store's ``QueryError`` (404, 403)."""
@@ -262,7 +267,7 @@ def release(
     return released
 
 
-def take_next(db: Database, request: Any, user: AuthenticatedUser, via: str) -> rr.StudyRow | None:
+def take_next(db: Database, request: Request, user: AuthenticatedUser, via: str) -> rr.StudyRow | None:
     """Claim the next study to read for ``user`` (:func:`covidet.store.reading_room.next_study`),
     audited as ``study.claim`` with ``"next": true`` and announced; ``None`` when nothing is left."""
     with db.session(write=True) as session:

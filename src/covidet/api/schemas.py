@@ -10,11 +10,14 @@ API refuses them first, as 422s.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import HTTPException, Path, Query, status
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
+
+from covidet.store.worklist_queries import AiSummary, VitalValue
 
 __all__ = [
     "AUTH_ERRORS",
@@ -30,6 +33,7 @@ __all__ = [
     "IsoDateTime",
     "Limit",
     "Offset",
+    "OpenApiResponses",
     "OptionalIdQuery",
     "PageMeta",
     "PatientRef",
@@ -49,6 +53,8 @@ MAX_ID = 2**31 - 1
 MAX_OFFSET = 1_000_000
 #: One line of printable text: no control characters (NUL, in particular, which PostgreSQL refuses).
 NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+#: A route's extra OpenAPI ``responses`` (FastAPI's ``responses=``): status code -> model/description/content.
+OpenApiResponses = dict[int | str, dict[str, object]]
 
 
 class ErrorPublic(BaseModel):
@@ -56,7 +62,7 @@ class ErrorPublic(BaseModel):
     list each problem in ``errors`` (FastAPI's ``loc`` / ``msg`` / ``type`` items)."""
 
     detail: str
-    errors: list[dict[str, Any]] | None = None
+    errors: list[dict[str, object]] | None = None
 
 
 class PageMeta(BaseModel):
@@ -96,7 +102,7 @@ def _no_nul(value: str) -> str:
 TextBody = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(_no_nul)]
 
 
-def _iso_text(value: Any) -> Any:
+def _iso_text(value: object) -> object:
     # Pydantic would also take a number (or a numeric string, such as a query's "0.5") as seconds since
     # 1970; the OpenAPI document promises an ISO 8601 date-time, so nothing else is accepted.
     if isinstance(value, datetime):
@@ -111,7 +117,7 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 IsoDateTime = Annotated[datetime, BeforeValidator(_iso_text)]
 
 
-def _json_number(value: Any) -> Any:
+def _json_number(value: object) -> object:
     # The JSON Schema of an integer or number field admits JSON numbers only (3 and 3.0 alike), but
     # pydantic's lax mode also takes "3" and true; strict mode would refuse 3.0, which the schema allows.
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -141,7 +147,7 @@ def as_utc(moment: datetime | None, name: str) -> datetime | None:
         ) from None
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*codes: int) -> OpenApiResponses:
     """OpenAPI ``responses`` for these error codes, each with the :class:`ErrorPublic` body."""
     descriptions = {
         400: "Malformed request",
@@ -216,7 +222,7 @@ class ReviewStatePublic(BaseModel):
     signed_at: datetime | None = None
 
 
-def ai_public(summary: Any) -> AiPublic | None:
+def ai_public(summary: AiSummary | None) -> AiPublic | None:
     """:class:`AiPublic` of a :class:`covidet.store.review_queries.AiSummary` (or ``None``)."""
     if summary is None:
         return None
@@ -232,7 +238,7 @@ def ai_public(summary: Any) -> AiPublic | None:
     )
 
 
-def vitals_public(values: dict[str, Any]) -> dict[str, VitalValuePublic]:
+def vitals_public(values: Mapping[str, VitalValue]) -> dict[str, VitalValuePublic]:
     """``{parameter: VitalValuePublic}`` of :func:`covidet.store.review_queries.latest_vitals` values."""
     return {
         name: VitalValuePublic(

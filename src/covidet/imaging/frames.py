@@ -12,7 +12,7 @@ corrupt one ("broken data stream"). Every other frame goes through pydicom's dec
 from __future__ import annotations
 
 import io
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
@@ -34,7 +34,7 @@ def _pillow_fits(ds: Dataset, transfer_syntax: UID) -> bool:
     )
 
 
-def decode_frame(ds: Dataset, transfer_syntax: UID) -> tuple[np.ndarray, dict[str, Any]]:
+def decode_frame(ds: Dataset, transfer_syntax: UID) -> tuple[np.ndarray, Mapping[str, object]]:
     """The first frame of ``ds`` as an array (rows, columns[, samples]) and pydicom's metadata dict
     (``photometric_interpretation``). Raises whatever the decoder raises (the caller words it)."""
     if _pillow_fits(ds, transfer_syntax):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
@@ -47,7 +47,7 @@ class AuditEventPublic(BaseModel):
     object_type: str | None
     object_id: str | None
     ip: str | None
-    details: dict[str, Any] | None
+    details: dict[str, object] | None
 
 
 class AuditEventsPublic(PageMeta):

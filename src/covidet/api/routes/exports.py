@@ -33,7 +33,7 @@ import tempfile
 import zipfile
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, TypedDict
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
@@ -51,7 +51,14 @@ from covidet.ingest.storage import ImageStore
 from covidet.store import review_queries as rq
 from covidet.store.db import Database
 
-__all__ = ["BOXES_COLUMNS", "MANIFEST_COLUMNS", "patient_pseudonym", "router", "write_training_export"]
+__all__ = [
+    "BOXES_COLUMNS",
+    "MANIFEST_COLUMNS",
+    "ExportCounts",
+    "patient_pseudonym",
+    "router",
+    "write_training_export",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,14 @@ router = APIRouter(prefix="/exports", tags=["exports"])
 
 MANIFEST_COLUMNS = ("image", "label", "patient_id", "source", "review_id", "signed_at", "width", "height")
 BOXES_COLUMNS = ("image", "label", "x1", "y1", "x2", "y2", "box_source")
+
+
+class ExportCounts(TypedDict):
+    """What a training export holds: images and boxes written, ids of the images skipped."""
+
+    images: int
+    boxes: int
+    skipped: list[int]
 
 
 def patient_pseudonym(secret: str, patient_key: str) -> str:
@@ -80,7 +95,7 @@ def _png(path: Path) -> tuple[bytes, int, int]:
 
 def write_training_export(
     rows: list[rq.ExportRow], store: ImageStore, secret: str, out: Path
-) -> dict[str, Any]:
+) -> ExportCounts:
     """Write the zip of ``rows`` (see the module docstring) to ``out``; returns counts
     ``{"images", "boxes", "skipped"}`` (images whose stored file could not be read are skipped)."""
     manifest = io.StringIO()
@@ -144,7 +159,7 @@ def write_training_export(
 
 def _export(
     db: Database, store: ImageStore, secret: str, since: datetime | None, until: datetime | None
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, ExportCounts]:
     with db.session() as session:
         rows = rq.training_export_rows(session, since=since, until=until)
     fd, name = tempfile.mkstemp(prefix="covidet-export-", suffix=".zip")
@@ -181,7 +196,7 @@ async def training_manifest(
     start, end = as_utc(since, "since"), as_utc(until, "until")
     secret = request.app.state.secret_key
     path, counts = await run_in_threadpool(_export, db, store, secret, start, end)
-    details = {
+    details: dict[str, object] = {
         **counts,
         "since": start.isoformat() if start else None,
         "until": end.isoformat() if end else None,

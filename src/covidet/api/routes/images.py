@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
@@ -29,6 +29,7 @@ from covidet.api.schemas import (
     AiPublic,
     ErrorPublic,
     IdPath,
+    OpenApiResponses,
     PatientRef,
     error_responses,
 )
@@ -206,7 +207,7 @@ def get_findings(
     return body
 
 
-_PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
+_PNG_RESPONSE: OpenApiResponses = {
     200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "PNG"}
 }
 
@@ -259,7 +260,7 @@ def get_pixels(
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, no-store"})
 
 
-_REPORT_RESPONSE: dict[int | str, dict[str, Any]] = {
+_REPORT_RESPONSE: OpenApiResponses = {
     200: {
         "description": "FHIR R4B DiagnosticReport (format=fhir) or DICOM Secondary Capture (format=dicom)",
         "content": {

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import PurePosixPath
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
 from covidet.api.deps import AuthenticatedDevice, DatabaseDep, IngestDep, UploaderDevice
-from covidet.api.schemas import ErrorPublic
+from covidet.api.schemas import ErrorPublic, OpenApiResponses
 from covidet.api.schemas_images import ImageUploadPublic
 from covidet.ingest.service import ImageIngest, IngestRejected
 from covidet.store import review_queries as rq
@@ -75,7 +75,7 @@ _UPLOAD_FORM = {
     }
 }
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+_ERRORS: OpenApiResponses = {
     200: {"model": ImageUploadPublic, "description": "Already stored: the same bytes or SOP Instance UID"},
     400: {"model": ErrorPublic, "description": "Malformed multipart body"},
     401: {"model": ErrorPublic, "description": "Missing or unknown API key"},
