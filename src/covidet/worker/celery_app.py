@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
-from celery import Celery
+from celery import Celery, Task
+
+if TYPE_CHECKING:
+    from covidet.worker.analysis import Analyzer
 
 __all__ = ["VISIBILITY_TIMEOUT_S", "CeleryQueue", "analyse_image_task", "make_celery"]
 
@@ -26,7 +29,7 @@ logger = logging.getLogger(__name__)
 VISIBILITY_TIMEOUT_S = 300
 TASK_NAME = "covidet.analyse_image"
 
-_analyzer: Any = None
+_analyzer: Analyzer | None = None
 _analyzer_lock = threading.Lock()
 
 
@@ -52,7 +55,7 @@ def make_celery(redis_url: str, *, visibility_timeout: int = VISIBILITY_TIMEOUT_
     return app
 
 
-def _get_analyzer() -> Any:
+def _get_analyzer() -> Analyzer:
     """The worker process' analyzer, built from settings on first use."""
     global _analyzer
     with _analyzer_lock:
@@ -73,7 +76,7 @@ def _get_analyzer() -> Any:
         return _analyzer
 
 
-def _analyse_image(task: Any, image_id: int) -> int | None:
+def _analyse_image(task: Task, image_id: int) -> int | None:
     from covidet.worker.analysis import AnalysisError
 
     analyzer = _get_analyzer()
@@ -88,7 +91,8 @@ def _analyse_image(task: Any, image_id: int) -> int | None:
         return None
 
 
-def analyse_image_task(app: Celery) -> Any:
+def analyse_image_task(app: Celery) -> Task:
+    """The analysis task registered on ``app`` by :func:`make_celery`."""
     return app.tasks[TASK_NAME]
 
 

@@ -10,19 +10,23 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
-__all__ = ["CHANNEL", "EventPublisher", "InProcessEvents", "RedisEvents"]
+__all__ = ["CHANNEL", "Event", "EventPublisher", "InProcessEvents", "RedisEvents"]
 
 logger = logging.getLogger(__name__)
 
 #: Redis pub/sub channel of covidet events.
 CHANNEL = "covidet:events"
 
+#: An event: JSON-serialisable, with a ``type`` key (the shapes the analysis publishes are in
+#: :mod:`covidet.worker.analysis_events`).
+Event = Mapping[str, object]
+
 
 class EventPublisher(Protocol):
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: Event) -> None:
         """Send ``event`` (JSON-serialisable, with a ``type`` key) to whoever listens; never raises."""
 
 
@@ -30,11 +34,11 @@ class InProcessEvents:
     """Subscribers are callables run on the publisher's thread; a failing one is logged and skipped."""
 
     def __init__(self) -> None:
-        self._subscribers: list[Callable[[dict[str, Any]], None]] = []
+        self._subscribers: list[Callable[[Event], None]] = []
         self._lock = threading.Lock()
         self.published: int = 0
 
-    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Register ``callback``; returns a function that unregisters it."""
         with self._lock:
             self._subscribers.append(callback)
@@ -46,7 +50,7 @@ class InProcessEvents:
 
         return unsubscribe
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: Event) -> None:
         with self._lock:
             subscribers = list(self._subscribers)
             self.published += 1
@@ -65,7 +69,7 @@ class RedisEvents:
 
         self._client = redis.Redis.from_url(url)
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: Event) -> None:
         try:
             self._client.publish(CHANNEL, json.dumps(event, default=str))
         except Exception:  # the database holds the truth; a lost live update is only a late refresh

@@ -16,11 +16,9 @@ import queue
 import threading
 from collections.abc import Callable
 
-from sqlalchemy import select
-
 from covidet.domain import AnalysisQueue
+from covidet.store.analysis_queries import queued_image_ids
 from covidet.store.db import Database
-from covidet.store.models import Image, ImageStatus
 
 __all__ = ["AnalysisQueue", "InProcessQueue", "requeue_pending"]
 
@@ -122,11 +120,7 @@ class InProcessQueue:
 def requeue_pending(db: Database, target: AnalysisQueue) -> int:
     """Enqueue every image the database still marks ``queued``; returns how many."""
     with db.session() as session:
-        ids = list(
-            session.scalars(
-                select(Image.id).where(Image.status == ImageStatus.QUEUED.value).order_by(Image.id)
-            )
-        )
+        ids = queued_image_ids(session)
     for image_id in ids:
         target.enqueue(image_id)
     if ids:

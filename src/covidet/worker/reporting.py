@@ -11,19 +11,19 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydicom import dcmread
-from sqlalchemy import select
+from pydicom.dataset import Dataset
 
 from covidet.assessment.reports import ReportContext, dicom_secondary_capture, write_report
 from covidet.config import Settings
-from covidet.domain import Assessment, Box, Finding, Label, Priority, VitalSign
+from covidet.domain import Priority
 from covidet.imaging.reader import read_image
 from covidet.ingest.storage import ImageStore
+from covidet.store import analysis_queries as rows
 from covidet.store.db import Database
-from covidet.store.models import Image, Inference, InferenceStatus, Study, TriageRecord, VitalSignRecord
+from covidet.store.study_queries import get_image, latest_inference, latest_triage
 
 __all__ = [
     "ReportNotAvailable",
@@ -47,22 +47,18 @@ def resolve_image_id(db: Database, image_or_study: str) -> int:
     text = image_or_study.strip()
     with db.session() as session:
         if text.isdigit():
-            if session.get(Image, int(text)) is None:
+            if get_image(session, int(text)) is None:
                 raise ReportNotAvailable(f"no image with id {text}")
             return int(text)
-        image_id = session.scalar(
-            select(Image.id)
-            .join(Study, Image.study_id == Study.id)
-            .where(Study.study_instance_uid == text, Image.status == "analysed")
-            .order_by(Image.received_at.desc())
-            .limit(1)
-        )
+        image_id = rows.newest_analysed_image_of_study(session, text)
     if image_id is None:
         raise ReportNotAvailable(f"no analysed image in a study with UID {text!r} (or no such study)")
     return int(image_id)
 
 
-def build_report(db: Database, store: ImageStore, image_id: int) -> tuple[ReportContext, np.ndarray, Any]:
+def build_report(
+    db: Database, store: ImageStore, image_id: int
+) -> tuple[ReportContext, np.ndarray, Dataset | None]:
     """The report context of an analysed image, its display pixels (H, W) float32 in [0, 1], and
     its source DICOM header (``None`` for PNG/JPEG uploads)."""
     ctx, path, is_dicom = report_context(db, store, image_id)
@@ -79,33 +75,17 @@ def report_context(db: Database, store: ImageStore, image_id: int) -> tuple[Repo
         ReportNotAvailable: no such image, or no successful analysis yet.
     """
     with db.session() as session:
-        image = session.get(Image, image_id)
+        image = get_image(session, image_id)
         if image is None:
             raise ReportNotAvailable(f"no image with id {image_id}")
-        inference = session.scalar(
-            select(Inference)
-            .where(Inference.image_id == image_id, Inference.status == InferenceStatus.SUCCEEDED.value)
-            .order_by(Inference.finished_at.desc())
-            .limit(1)
-        )
+        inference = latest_inference(session, image_id)
         if inference is None:
             raise ReportNotAvailable(
                 f"image {image_id} has no successful analysis yet (status {image.status})"
             )
-        triage = session.scalar(
-            select(TriageRecord)
-            .where(TriageRecord.image_id == image_id)
-            .order_by(TriageRecord.computed_at.desc(), TriageRecord.id.desc())
-            .limit(1)
-        )
+        triage = latest_triage(session, image_id)
         patient = image.study.patient
-        vitals_rows = (
-            list(
-                session.scalars(select(VitalSignRecord).where(VitalSignRecord.id.in_(triage.vital_sign_ids)))
-            )
-            if triage is not None and triage.vital_sign_ids
-            else []
-        )
+        vitals_rows = rows.vital_rows_by_ids(session, triage.vital_sign_ids if triage is not None else [])
         ctx = ReportContext(
             patient_key=patient.patient_key,
             patient_name=patient.name,
@@ -120,28 +100,11 @@ def report_context(db: Database, store: ImageStore, image_id: int) -> tuple[Repo
             model_version=inference.model_version,
             decision_rule=inference.decision_rule or "max-score-v1",
             threshold=float(inference.threshold or 0.5),
-            findings=[
-                Finding(Box(f.x1, f.y1, f.x2, f.y2), Label(f.label), f.score) for f in inference.findings
-            ],
-            assessment=Assessment(
-                label=Label(inference.label),
-                probabilities={Label(k): v for k, v in (inference.probabilities or {}).items()},
-                threshold=float(inference.threshold or 0.5),
-            ),
+            findings=rows.inference_findings(inference),
+            assessment=rows.inference_assessment(inference),
             priority=Priority(triage.priority) if triage is not None else None,
             reasons=list(triage.reasons) if triage is not None else [],
-            vitals=[
-                VitalSign(
-                    patient_id=patient.patient_key,
-                    measured_at=v.measured_at,
-                    spo2_percent=v.spo2_percent,
-                    temperature_c=v.temperature_c,
-                    heart_rate_per_min=v.heart_rate_per_min,
-                    respiratory_rate_per_min=v.respiratory_rate_per_min,
-                    systolic_bp_mmhg=v.systolic_bp_mmhg,
-                )
-                for v in vitals_rows
-            ],
+            vitals=[rows.as_vital_sign(v, patient.patient_key) for v in vitals_rows],
             issued_at=datetime.now(UTC),
             # Stable per (image, inference, triage): the same report twice is the same object.
             report_id=f"covidet-{image.id}-{inference.id}-{triage.id if triage is not None else 0}",
@@ -181,7 +144,7 @@ def write_image_report(db: Database, store: ImageStore, image_id: int, fmt: str,
     return write_report(ctx, fmt, out, xray_pixels=pixels, source=source)  # type: ignore[arg-type]
 
 
-def send_to_pacs(settings: Settings, dataset: Any, *, what: str) -> int:
+def send_to_pacs(settings: Settings, dataset: Dataset, *, what: str) -> int:
     """C-STORE ``dataset`` to the PACS of ``settings`` and log ``what`` was sent with the status;
     returns the status. Raises what :func:`covidet.pacs.forward.forward_to_pacs` raises."""
     from covidet.pacs.forward import forward_to_pacs
@@ -214,7 +177,7 @@ def forward_report(db: Database, store: ImageStore, image_id: int, settings: Set
     """
     from covidet.reports import SourceNotDicom, ai_structured_report
 
-    def send(kind: str, dataset: Any) -> int:
+    def send(kind: str, dataset: Dataset) -> int:
         return send_to_pacs(settings, dataset, what=f"report ({kind}) of image {image_id}")
 
     ctx, pixels, source = build_report(db, store, image_id)

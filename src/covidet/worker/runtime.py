@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from covidet.config import Settings
 from covidet.ingest.service import ImageIngest
 from covidet.ingest.storage import ImageStore
 from covidet.store.db import Database
 from covidet.worker.analysis import Analyzer, analyse_batch_with_retries
+from covidet.worker.analysis_types import Detector
 from covidet.worker.events import EventPublisher, InProcessEvents, RedisEvents
 from covidet.worker.queue import AnalysisQueue, InProcessQueue, requeue_pending
 
@@ -43,7 +43,7 @@ class Runtime:
 
 
 def build_runtime(
-    settings: Settings, *, db: Database | None = None, predictor: Any | None = None, requeue: bool = True
+    settings: Settings, *, db: Database | None = None, predictor: Detector | None = None, requeue: bool = True
 ) -> Runtime:
     """Build the process' parts from ``settings``; re-queue images accepted earlier and not analysed.
 
