@@ -17,10 +17,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from covidet.imaging.dicom_writer import xray_to_dicom
-from covidet.ingest.storage import ImageStore
 from covidet.store.archive_queries import InstanceRecord
 from covidet.store.db import Database
-from covidet.store.models import Image
+from covidet.store.files import ImageStore
+from covidet.store.study_queries import get_image
 
 __all__ = ["InstanceNotFound", "instance_dataset", "instance_part10", "upload_as_dicom"]
 
@@ -45,7 +45,7 @@ def upload_as_dicom(db: Database, store: ImageStore, image_id: int) -> Dataset:
     from covidet.store.archive_queries import image_series_uid
 
     with db.session() as session:
-        image = session.get(Image, image_id)
+        image = get_image(session, image_id)
         if image is None:
             raise InstanceNotFound(f"no image with id {image_id}")
         study, patient = image.study, image.study.patient

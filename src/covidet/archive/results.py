@@ -18,7 +18,6 @@ from pydicom.dataset import Dataset
 
 from covidet.archive.instances import upload_as_dicom
 from covidet.config import Settings
-from covidet.ingest.storage import ImageStore
 from covidet.reports import (
     ReviewNotAvailable,
     SourceNotDicom,
@@ -27,9 +26,13 @@ from covidet.reports import (
     review_structured_report,
     sr_bytes,
 )
+from covidet.reports.context import ReportContext
 from covidet.store import archive_queries
 from covidet.store.db import Database
-from covidet.store.models import DicomObject, DicomObjectKind, Image, Review
+from covidet.store.files import ImageStore
+from covidet.store.models import DicomObject, DicomObjectKind
+from covidet.store.review_store import get_review
+from covidet.store.study_queries import get_image
 from covidet.worker.reporting import ReportNotAvailable, report_context, send_to_pacs
 
 __all__ = ["archive_ai_sr", "archive_review_sr", "backfill_series_uids", "publish_review_sr"]
@@ -37,7 +40,7 @@ __all__ = ["archive_ai_sr", "archive_review_sr", "backfill_series_uids", "publis
 logger = logging.getLogger(__name__)
 
 
-def _context_and_source(db: Database, store: ImageStore, image_id: int):  # type: ignore[no-untyped-def]
+def _context_and_source(db: Database, store: ImageStore, image_id: int) -> tuple[ReportContext, Dataset]:
     """The report context and the source header of ``image_id``; for an upload, the header of the DX
     object it is served as (so the SR refers to an instance DICOMweb actually serves)."""
     ctx, path, is_dicom = report_context(db, store, image_id)
@@ -57,7 +60,7 @@ def _keep(
     data = sr_bytes(document)
     stored = store.put(data, "application/dicom")
     with db.session(write=True) as session:
-        image = session.get(Image, image_id)
+        image = get_image(session, image_id)
         assert image is not None
         obj = archive_queries.add_dicom_object(
             session,
@@ -99,7 +102,7 @@ def archive_review_sr(db: Database, store: ImageStore, review_id: int) -> DicomO
     """Make the SR of the signed review ``review_id`` (referring to the AI SR) and keep it; ``None``
     when the review is not signed or has no AI result to refer to."""
     with db.session() as session:
-        review = session.get(Review, review_id)
+        review = get_review(session, review_id)
         image_id = review.image_id if review is not None else None
     if image_id is None:
         logger.info("no review SR kept: no review %d", review_id)
@@ -141,21 +144,16 @@ def backfill_series_uids(db: Database, store: ImageStore) -> int:
             pending = archive_queries.images_without_series_uid(session)
         if not pending:
             return filled
-        updates: dict[int, str] = {}
+        updates: dict[int, str | None] = {}
         for image_id, relative in pending:
             try:
                 header = dcmread(
                     store.path(relative), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]
                 )
-                updates[image_id] = str(header.get("SeriesInstanceUID") or "") or "unknown"
+                updates[image_id] = str(header.get("SeriesInstanceUID") or "") or None
             except Exception as exc:  # a missing or damaged file must not stop the start
                 logger.warning("series UID of image %d not readable (%s); derived instead", image_id, exc)
-                updates[image_id] = "unknown"
+                updates[image_id] = None
         with db.session(write=True) as session:
-            for image_id, uid in updates.items():
-                image = session.get(Image, image_id)
-                if image is not None:
-                    image.series_instance_uid = (
-                        uid if uid != "unknown" else archive_queries.image_series_uid(image)
-                    )
+            archive_queries.record_series_uids(session, updates)
         filled += len(updates)

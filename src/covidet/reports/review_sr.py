@@ -22,14 +22,14 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
-from sqlalchemy import select
 
 from covidet import DISCLAIMER, __version__
 from covidet.domain import Box, Label
 from covidet.reports.context import ReportContext
+from covidet.store.analysis_queries import get_inference
 from covidet.store.db import Database
-from covidet.store.models import Inference, Review, ReviewAction, ReviewStatus
-from covidet.store.review_queries import get_review
+from covidet.store.models import Review, ReviewAction, ReviewStatus
+from covidet.store.review_store import get_review, newest_signed_review_id
 
 from .dicom_sr import (
     COMPREHENSIVE_3D_SR_SOP_CLASS,
@@ -123,18 +123,13 @@ def load_signed_review(db: Database, *, image_id: int, review_id: int | None = N
     """
     with db.session() as session:
         if review_id is None:
-            review_id = session.scalar(
-                select(Review.id)
-                .where(Review.image_id == image_id, Review.status == ReviewStatus.SIGNED.value)
-                .order_by(Review.signed_at.desc(), Review.id.desc())
-                .limit(1)
-            )
+            review_id = newest_signed_review_id(session, image_id)
             if review_id is None:
                 raise ReviewNotAvailable(f"image {image_id} has no signed review")
         review = get_review(session, review_id)
         if review is None or review.image_id != image_id:
             raise ReviewNotAvailable(f"image {image_id} has no review with id {review_id}")
-        inference = session.get(Inference, review.inference_id) if review.inference_id is not None else None
+        inference = get_inference(session, review.inference_id) if review.inference_id is not None else None
         return _facts(review, inference.label if inference is not None else None)
 
 

@@ -15,7 +15,7 @@ hold ORM objects after the session ends.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 
@@ -38,6 +38,7 @@ __all__ = [
     "images_without_series_uid",
     "instance_by_uid",
     "instances",
+    "record_series_uids",
     "search_studies",
     "series_of_studies",
 ]
@@ -319,6 +320,16 @@ def add_dicom_object(session: Session, obj: DicomObject) -> DicomObject:
     session.add(obj)
     session.flush()
     return obj
+
+
+def record_series_uids(session: Session, uids: Mapping[int, str | None]) -> None:
+    """Record the Series Instance UID of each image id in ``uids``; ``None`` (not readable) records
+    the UID derived by :func:`image_series_uid`, so the image is not picked again. Missing ids are
+    skipped."""
+    for image_id, uid in uids.items():
+        image = session.get(Image, image_id)
+        if image is not None:
+            image.series_instance_uid = uid if uid is not None else image_series_uid(image)
 
 
 def images_without_series_uid(session: Session, *, limit: int = 500) -> Sequence[tuple[int, str]]:

@@ -34,6 +34,7 @@ __all__ = [
     "create_review",
     "get_review",
     "list_reviews",
+    "newest_signed_review_id",
     "sign_review",
     "update_review",
 ]
@@ -257,6 +258,17 @@ def get_review(session: Session, review_id: int) -> Review | None:
         .where(Review.id == review_id)
         .options(selectinload(Review.reviewer), selectinload(Review.findings), selectinload(Review.image))
     )
+
+
+def newest_signed_review_id(session: Session, image_id: int) -> int | None:
+    """Id of the image's newest signed review (by signature time, then id), or ``None``."""
+    review_id = session.scalar(
+        select(Review.id)
+        .where(Review.image_id == image_id, Review.status == ReviewStatus.SIGNED.value)
+        .order_by(Review.signed_at.desc(), Review.id.desc())
+        .limit(1)
+    )
+    return None if review_id is None else int(review_id)
 
 
 def list_reviews(
