@@ -40,4 +40,6 @@ def test_mypy_finds_nothing_in_the_checked_packages() -> None:
         text=True,
         timeout=600,
     )
-    assert result.returncode == 0 and "Success: no issues found" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0 and "Success: no issues found" in result.stdout, (
+        result.stdout + result.stderr
+    )

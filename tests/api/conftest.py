@@ -17,8 +17,8 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from covidet.app.server import create_app
 from covidet.api.auth import hash_password
+from covidet.app.server import create_app
 from covidet.config import Settings
 from covidet.ingest.service import ImageIngest
 from covidet.ingest.storage import ImageStore
