@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from covidet.cli._common import fail, logger, open_database, setup
+from covidet.config import Settings
+
+if TYPE_CHECKING:  # imported by the commands that use them: each process imports what it runs
+    from covidet.store import Database
+    from covidet.worker.retriage import RetriageQueue
 
 __all__ = ["demo", "dicom_scp", "mqtt_ingest", "serve", "worker"]
 
@@ -65,7 +71,7 @@ def dicom_scp(
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     stop = threading.Event()
 
-    def request_stop(signum: int, _frame: Any) -> None:
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("%s received: stopping the DICOM receiver", signal.Signals(signum).name)
         stop.set()
 
@@ -86,7 +92,7 @@ def dicom_scp(
         runtime.close()
 
 
-def _retriager(settings: Any, db: Any) -> Any:
+def _retriager(settings: Settings, db: Database) -> RetriageQueue:
     """A :class:`~covidet.worker.retriage.RetriageQueue` that re-triages the analysed images of patients
     whose vital signs just arrived, on its own thread, so the MQTT writer never waits on triage (as
     ``covidet serve`` does).
@@ -158,7 +164,7 @@ def mqtt_ingest(
     subscriber.on_stored = retriage.submit
     stop = threading.Event()
 
-    def request_stop(signum: int, _frame: Any) -> None:
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("%s received: stopping the MQTT subscriber", signal.Signals(signum).name)
         stop.set()
 
@@ -247,7 +253,7 @@ def demo(
     Mosquitto, if installed), in-process worker with the shipped model, and simulated devices sending
     real X-rays and vital signs. Prints the URL and the demo users' passwords; Ctrl-C stops it. See
     docs/web.md."""
-    from covidet.demo import DemoError, run_demo
+    from covidet.app.demo import DemoError, run_demo
 
     settings = setup(log_level=log_level or "WARNING")
     try:
