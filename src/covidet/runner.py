@@ -25,11 +25,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Protocol
 
+from covidet.app.signals import SignalHandler, install_handler, restore_handlers
 from covidet.config import Settings
 
 if TYPE_CHECKING:  # the parts are imported when started: a process imports only what it runs
+    import uvicorn
+
+    from covidet.detection.predictor import Predictor
     from covidet.ingest.dicom_scp import DicomReceiver
     from covidet.ingest.mqtt_subscriber import VitalsSubscriber
     from covidet.worker.retriage import RetriageQueue
@@ -105,7 +110,7 @@ def start_services(
     host: str = "127.0.0.1",
     dicom_port: int | None = None,
     mqtt: bool = False,
-    predictor: Any | None = None,
+    predictor: Predictor | None = None,
 ) -> Services:
     """Build the runtime and start the DICOM receiver and the MQTT subscriber as asked."""
     from covidet.worker.runtime import build_runtime
@@ -156,7 +161,7 @@ def run_services(
     mqtt: bool = False,
     ssl_certfile: Path | None = None,
     ssl_keyfile: Path | None = None,
-    predictor: Any | None = None,
+    predictor: Predictor | None = None,
     on_started: Callable[[Services], None] | None = None,
 ) -> None:
     """Start everything and serve HTTP(S) until SIGINT/SIGTERM, then stop within
@@ -167,7 +172,7 @@ def run_services(
 
     grace = float(getattr(settings, "shutdown_grace_seconds", 30.0))
     services = start_services(settings, host=host, dicom_port=dicom_port, mqtt=mqtt, predictor=predictor)
-    server: Any = None
+    server: _StoppingServer | None = None
     try:
         app = create_app(settings, db=services.runtime.db, ingest=services.runtime.ingest)
         app.state.runtime = services.runtime
@@ -191,8 +196,7 @@ def run_services(
         try:
             server.run()
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            restore_handlers(previous)
     finally:
         deadline = server.deadline if server is not None and server.deadline else time.monotonic() + grace
         clean = services.stop(deadline=deadline)
@@ -202,7 +206,18 @@ def run_services(
             _exit_when_done()
 
 
-def _server(config: Any, services: Services, grace: float) -> Any:
+class _StoppingServer(Protocol):
+    """What :func:`run_services` uses of the server :func:`_server` makes."""
+
+    #: ``time.monotonic()`` at the first SIGINT/SIGTERM, and the end of the grace from then (``None``
+    #: until a signal came).
+    signalled_at: float
+    deadline: float | None
+
+    def run(self) -> None: ...
+
+
+def _server(config: uvicorn.Config, services: Services, grace: float) -> _StoppingServer:
     """uvicorn's server, plus: at the first SIGINT/SIGTERM the other ways in start stopping at once
     (on their own thread), and the shutdown deadline (``deadline``) is set from that moment."""
     import uvicorn
@@ -211,7 +226,7 @@ def _server(config: Any, services: Services, grace: float) -> Any:
         signalled_at = 0.0
         deadline: float | None = None
 
-        def handle_exit(self, sig: int, frame: Any) -> None:
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if self.deadline is None:
                 self.signalled_at = time.monotonic()
                 self.deadline = self.signalled_at + grace
@@ -253,14 +268,14 @@ def _exit_when_done() -> None:
     atexit.register(exit_now)
 
 
-def _quiet_signals() -> dict[int, Any]:
+def _quiet_signals() -> dict[int, SignalHandler]:
     """While uvicorn serves, its own SIGINT/SIGTERM handlers stop it gracefully; afterwards it raises
     the signal again to the handler it found. Install one that does nothing, so the services are then
     stopped by ``run_services`` instead of the process dying (SIGTERM) or a KeyboardInterrupt."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
-    def after_uvicorn(signum: int, _frame: Any) -> None:
+    def after_uvicorn(signum: int, _frame: FrameType | None) -> None:
         logger.debug("%s: covidet is stopping", signal.Signals(signum).name)
 
-    return {signum: signal.signal(signum, after_uvicorn) for signum in (signal.SIGINT, signal.SIGTERM)}
+    return install_handler(after_uvicorn)

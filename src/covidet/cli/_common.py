@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from covidet.config import get_settings
+from covidet.config import Settings, get_settings
+
+if TYPE_CHECKING:  # imported by the commands that open one (SQLAlchemy and the models)
+    from covidet.store import Database
 
 __all__ = [
     "DataOption",
@@ -32,7 +35,8 @@ __all__ = [
 logger = logging.getLogger("covidet")
 
 
-def setup(log_level: str | None = None, threads: int | None = None) -> Any:
+def setup(log_level: str | None = None, threads: int | None = None) -> Settings:
+    """The settings (with these overrides), logging to standard error at their level, torch's threads."""
     settings = get_settings(log_level=log_level, threads=threads)
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -56,7 +60,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 T = TypeVar("T")
 
 
-def options_model(model: type[T], **options: Any) -> T:
+def options_model(model: type[T], **options: object) -> T:
     """``model(**options)`` (a pydantic config), or exit with the first invalid option as a one-line error."""
     from pydantic import ValidationError
 
@@ -67,7 +71,7 @@ def options_model(model: type[T], **options: Any) -> T:
         raise fail(f"--{'-'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
 
 
-def bundle_path(model: Path | None, settings: Any) -> Path:
+def bundle_path(model: Path | None, settings: Settings) -> Path:
     """The bundle to use: ``--model``, else ``COVIDET_MODEL``, else the shipped one."""
     from covidet.detection.bundle import default_bundle_path
 
@@ -77,7 +81,7 @@ def bundle_path(model: Path | None, settings: Any) -> Path:
     return Path(bundle)
 
 
-def open_database(settings: Any) -> Any:
+def open_database(settings: Settings) -> Database:
     """The database of ``settings``, migrated to the newest schema; a clear error if unreachable."""
     from sqlalchemy.exc import SQLAlchemyError
 

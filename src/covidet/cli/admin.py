@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from covidet import __version__
 from covidet.cli._common import fail, logger, open_database, setup
+from covidet.config import Settings
+
+if TYPE_CHECKING:  # imported by the commands that use them
+    from covidet.ingest.mqtt import MosquittoFiles
+    from covidet.store import Database
 
 __all__ = ["api_token_app", "devices_app", "mqtt_broker_files", "stats", "users_app", "version"]
 
@@ -94,7 +99,9 @@ def stats(
             typer.echo(f"{key:>18}: {value}")
 
 
-def _write_broker_files(settings: Any, db: Any, directory: Path | None = None) -> Any:
+def _write_broker_files(
+    settings: Settings, db: Database, directory: Path | None = None
+) -> MosquittoFiles | None:
     """Rewrite Mosquitto's password file and ACL from the device table; logs (stderr), never prints.
 
     Returns the :class:`~covidet.ingest.mqtt.MosquittoFiles`, or ``None`` when they could not be written

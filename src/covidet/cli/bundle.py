@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from tqdm import tqdm
 
 from covidet.cli._common import DataOption, DeviceOption, ModelOption, TierOption, bundle_path, fail, setup
+
+if TYPE_CHECKING:  # imported by predict when it runs
+    from covidet.imaging import XRayImage
 
 __all__ = ["calibrate", "evaluate", "export", "predict"]
 
@@ -123,14 +126,14 @@ def predict(
         )
     except BundleError as error:
         raise fail(str(error)) from None
-    records: list[dict[str, Any]] = [{"file": str(f)} for f in files]
+    records: list[dict[str, object]] = [{"file": str(f)} for f in files]
     failures = 0
     # Files are read and assessed in chunks so that memory stays bounded however many are given
     # (a decoded 16-bit radiograph takes ~16 MB as float32); the bar shows on a terminal only.
     chunk_size = max(1, batch_size) * 4
     with tqdm(total=len(files), desc="predict", unit="image", disable=None, file=sys.stderr) as bar:
         for chunk_start in range(0, len(files), chunk_size):
-            readable: list[tuple[int, Any]] = []
+            readable: list[tuple[int, XRayImage]] = []
             for index in range(chunk_start, min(chunk_start + chunk_size, len(files))):
                 try:
                     readable.append((index, read_image(files[index])))

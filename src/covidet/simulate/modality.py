@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -32,6 +32,10 @@ from pynetdicom.status import code_to_category
 from tqdm import tqdm
 
 from covidet.imaging.dicom_writer import DX_FOR_PRESENTATION, xray_to_dicom
+from covidet.simulate.records import ModalityJson, SendFailure
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -192,13 +196,13 @@ class ModalityReport:
     sent: int = 0
     acknowledged: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[SendFailure] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
         return len(self.failures)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ModalityJson:
         return {
             "peer": self.peer,
             "total": self.total,
@@ -311,7 +315,7 @@ class ModalitySimulator:
         )
         return report
 
-    def _store(self, assoc: Any, case: XRayCase, ds: Dataset, report: ModalityReport) -> None:
+    def _store(self, assoc: Association, case: XRayCase, ds: Dataset, report: ModalityReport) -> None:
         try:
             response = assoc.send_c_store(ds)
         except (ValueError, RuntimeError) as exc:  # no accepted presentation context, etc.

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from covidet.simulate.modality import ModalityReport, ModalitySimulator, XRayCase, load_cases
+from covidet.simulate.records import PatientJson, SimulationJson
 from covidet.simulate.sensors import SensorSimulator, SimulatedPatient, VitalsReport, vital_messages
 
 __all__ = ["SimulationConfig", "SimulationReport", "patients_of", "run_simulation"]
@@ -59,7 +59,7 @@ class SimulationConfig:
 class SimulationReport:
     """The outcome of a run; ``images`` / ``vitals`` are ``None`` when that device was switched off."""
 
-    patients: list[dict[str, Any]] = field(default_factory=list)
+    patients: list[PatientJson] = field(default_factory=list)
     images: ModalityReport | None = None
     vitals: VitalsReport | None = None
 
@@ -68,7 +68,7 @@ class SimulationReport:
         """True when every image and every vitals message was acknowledged."""
         return not (self.images and self.images.failed) and not (self.vitals and self.vitals.failed)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> SimulationJson:
         return {
             "ok": self.ok,
             "patients": self.patients,

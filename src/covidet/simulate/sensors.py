@@ -29,17 +29,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import ConnectFlags
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from tqdm import tqdm
+
+from covidet.simulate.records import VitalsJson, VitalsMessage
 
 __all__ = [
     "VITAL_FIELDS",
     "VITAL_RANGES",
     "SensorSimulator",
     "SimulatedPatient",
+    "VitalsMessage",
     "VitalsReport",
     "vital_messages",
     "vital_series",
@@ -113,7 +118,7 @@ def vital_series(
     seed: int = 0,
     end: datetime | None = None,
     interval_s: float = 60.0,
-) -> list[dict[str, Any]]:
+) -> list[VitalsMessage]:
     """``count`` vitals messages of one patient, oldest first, the last one measured at ``end``.
 
     ``end`` (timezone-aware; default now, to the second) and ``interval_s`` (seconds between
@@ -125,22 +130,29 @@ def vital_series(
     rng = random.Random(f"covidet-vitals/{seed}/{patient.key}")
     base, target = _baseline_and_target(patient.label, rng)
     noise = dict.fromkeys(VITAL_FIELDS, 0.0)
-    series = []
+    series: list[VitalsMessage] = []
     for index in range(count):
         fraction = index / (count - 1) if count > 1 else 1.0
         progress = fraction * fraction * (3 - 2 * fraction)  # smoothstep: slow onset, then plateau
-        message: dict[str, Any] = {
-            "patient_id": patient.key,
-            "timestamp": (end - timedelta(seconds=interval_s * (count - 1 - index))).isoformat(),
-        }
+        value: dict[str, float] = {}
         for name in VITAL_FIELDS:
             noise[name] = _AUTOCORRELATION * noise[name] + rng.gauss(0.0, _NOISE[name])
-            value = base[name] + (target[name] - base[name]) * progress + noise[name]
             low, high = VITAL_RANGES[name]
-            value = min(max(value, low), high)
-            # As monitors display them: temperature to 0.1 °C, the others as whole numbers.
-            message[name] = round(value, 1) if name == "temperature" else round(value)
-        series.append(message)
+            value[name] = min(
+                max(base[name] + (target[name] - base[name]) * progress + noise[name], low), high
+            )
+        # As monitors display them: temperature to 0.1 °C, the others as whole numbers.
+        series.append(
+            VitalsMessage(
+                patient_id=patient.key,
+                timestamp=(end - timedelta(seconds=interval_s * (count - 1 - index))).isoformat(),
+                spo2=round(value["spo2"]),
+                temperature=round(value["temperature"], 1),
+                heart_rate=round(value["heart_rate"]),
+                respiratory_rate=round(value["respiratory_rate"]),
+                systolic_bp=round(value["systolic_bp"]),
+            )
+        )
     return series
 
 
@@ -151,7 +163,7 @@ def vital_messages(
     seed: int = 0,
     end: datetime | None = None,
     interval_s: float = 60.0,
-) -> list[dict[str, Any]]:
+) -> list[VitalsMessage]:
     """The series of all ``patients`` interleaved in time order, as a ward of monitors sends them."""
     end = (end or datetime.now(UTC)).replace(microsecond=0)
     series = [vital_series(p, count=count, seed=seed, end=end, interval_s=interval_s) for p in patients]
@@ -170,7 +182,7 @@ class VitalsReport:
     failed: int = 0
     errors: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> VitalsJson:
         return {
             "topic": self.topic,
             "patients": self.patients,
@@ -214,7 +226,7 @@ class SensorSimulator:
 
     def publish(
         self,
-        messages: Sequence[dict[str, Any]],
+        messages: Sequence[VitalsMessage],
         *,
         rate: float | None = None,
         progress: bool = False,
@@ -231,15 +243,27 @@ class SensorSimulator:
             client.username_pw_set(self.username, self.password)
         client.max_inflight_messages_set(100)
         connected = threading.Event()
-        connack: list[Any] = []
+        connack: list[ReasonCode] = []
         acked: set[int] = set()
         changed = threading.Condition()
 
-        def on_connect(_client: Any, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any) -> None:
+        def on_connect(
+            _client: mqtt.Client,
+            _userdata: object,
+            _flags: ConnectFlags,
+            reason_code: ReasonCode,
+            _properties: Properties | None,
+        ) -> None:
             connack.append(reason_code)
             connected.set()
 
-        def on_publish(_client: Any, _userdata: Any, mid: int, _reason_code: Any, _properties: Any) -> None:
+        def on_publish(
+            _client: mqtt.Client,
+            _userdata: object,
+            mid: int,
+            _reason_code: ReasonCode,
+            _properties: Properties | None,
+        ) -> None:
             with changed:
                 acked.add(mid)
                 changed.notify_all()
