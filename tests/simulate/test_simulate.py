@@ -1,17 +1,21 @@
 """The device simulator against real peers: dcmtk's storescp receives the modality's C-STOREs, a
-private Mosquitto carries the sensors' vitals to a paho subscriber. Real X-rays of the dataset."""
+private Mosquitto (covidet's one starter, :func:`covidet.app.broker.start_mosquitto`, with the password
+file and ACL covidet writes from its device table) carries the sensors' vitals to a paho subscriber.
+Real X-rays of the dataset."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,8 +27,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 from typer.testing import CliRunner
 
+from covidet.app.broker import start_mosquitto
 from covidet.cli import app
 from covidet.imaging.dicom_writer import DX_FOR_PRESENTATION
+from covidet.ingest.mqtt import write_mosquitto_files
 from covidet.simulate import (
     VITAL_FIELDS,
     VITAL_RANGES,
@@ -35,9 +41,12 @@ from covidet.simulate import (
     vital_messages,
 )
 from covidet.simulate.runner import patients_of
+from covidet.store import Database, queries
 from tests.servers import find_binary, free_port, wait_for_port
 
 TOPICS = "covidet/devices/+/vitals"
+#: The broker user of the test's subscriber (covidet's ingest user: it may read every device's vitals).
+SUBSCRIBER_USER = "covidet-test-subscriber"
 
 
 # ------------------------------------------------------------------------------------- real peers
@@ -63,38 +72,61 @@ def storescp(out_dir: Path) -> Iterator[int]:
         process.wait(10)
 
 
+@dataclass(frozen=True)
+class Broker:
+    """A private Mosquitto on a free loopback port (never the system one on 1883) that lets one
+    registered sensor (``device_id``, ``username``, ``password``: what ``covidet devices add`` prints)
+    publish to its own topic only, and the subscriber read every device's vitals. Nobody else may
+    connect."""
+
+    port: int
+    device_id: int
+    username: str
+    password: str
+    subscriber_password: str
+
+
 @contextlib.contextmanager
-def mosquitto(directory: Path, *, anonymous: bool = True) -> Iterator[int]:
-    """A private Mosquitto on a free loopback port (never the system one on 1883); with
-    ``anonymous=False`` it has no users at all, so every connection is refused."""
-    binary = find_binary("mosquitto", "mosquitto", ("/usr/sbin/mosquitto",))
-    port = free_port()
-    config = directory / "mosquitto.conf"
-    allow = "true" if anonymous else "false"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous {allow}\npersistence false\n")
-    process = subprocess.Popen(
-        [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+def mosquitto(directory: Path) -> Iterator[Broker]:
+    """Register a sensor in a fresh covidet database and start a private Mosquitto whose password file
+    and ACL covidet writes from that database (:func:`covidet.ingest.mqtt.write_mosquitto_files`)."""
+    db = Database(f"sqlite:///{directory / 'devices.db'}")
+    subscriber_password = secrets.token_urlsafe(12)
+
+    def write_files(files_dir: Path) -> None:
+        with db.session() as session:
+            write_mosquitto_files(
+                session, files_dir, ingest_username=SUBSCRIBER_USER, ingest_password=subscriber_password
+            )
+
     try:
-        wait_for_port(port, process=process)
-        yield port
+        with db.session(write=True) as session:
+            sensor = queries.create_device(session, "bedside-monitor", "sensor")
+        broker = start_mosquitto(write_files)
     finally:
-        process.terminate()
-        process.wait(10)
+        db.dispose()
+    assert sensor.mqtt_username is not None and sensor.mqtt_password is not None
+    try:
+        yield Broker(
+            broker.port, sensor.device_id, sensor.mqtt_username, sensor.mqtt_password, subscriber_password
+        )
+    finally:
+        broker.stop()
 
 
 class Subscriber:
     """A paho client subscribed (QoS 1) to every device's vitals topic, keeping what arrives."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, broker: Broker) -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self._changed = threading.Condition()
         subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="covidet-test-subscriber")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=SUBSCRIBER_USER)
+        self.client.username_pw_set(SUBSCRIBER_USER, broker.subscriber_password)
         self.client.on_connect = lambda client, *_: client.subscribe(TOPICS, qos=1)
         self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
+        self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
         assert subscribed.wait(10), "subscription not confirmed"
 
@@ -208,17 +240,21 @@ def test_sensors_publish_vitals_that_track_the_diagnosis(data_root: Path, tmp_pa
     assert messages == vital_messages(patients, count=8, seed=3, end=end)
     assert messages != vital_messages(patients, count=8, seed=4, end=end)
 
-    with mosquitto(tmp_path) as port:
-        subscriber = Subscriber(port)
+    with mosquitto(tmp_path) as broker:
+        subscriber = Subscriber(broker)
         try:
-            report = SensorSimulator("127.0.0.1", port, device_id=42).publish(messages, rate=500)
+            sensors = SensorSimulator(
+                "127.0.0.1", broker.port, device_id=broker.device_id, username=broker.username,
+                password=broker.password,
+            )  # fmt: skip
+            report = sensors.publish(messages, rate=500)
             received = subscriber.wait_for(len(messages))
         finally:
             subscriber.close()
     assert report.published == report.acknowledged == len(messages) and report.failed == 0
     assert report.patients == len(patients)
     assert len(received) == len(messages)
-    assert {topic for topic, _ in received} == {"covidet/devices/42/vitals"}
+    assert {topic for topic, _ in received} == {f"covidet/devices/{broker.device_id}/vitals"}
     for _, payload in received:
         check_vitals_payload(payload)
     assert [payload for _, payload in received] == messages  # QoS 1, one publisher: in order
@@ -244,25 +280,31 @@ def test_sensors_report_broker_failures(tmp_path: Path) -> None:
     report = SensorSimulator("127.0.0.1", free_port(), device_id=1, timeout=5).publish(messages)
     assert report.published == 0 and report.failed == 3
     assert "cannot connect" in report.errors[0]
-    with mosquitto(tmp_path, anonymous=False) as port:
-        sensors = SensorSimulator("127.0.0.1", port, device_id=1, username="device-1", password="wrong")
-        report = sensors.publish(messages)
+    with mosquitto(tmp_path) as broker:
+        wrong = SensorSimulator(
+            "127.0.0.1", broker.port, device_id=broker.device_id, username=broker.username, password="wrong"
+        )
+        report = wrong.publish(messages)
+        anonymous = SensorSimulator("127.0.0.1", broker.port, device_id=broker.device_id).publish(messages)
     assert report.published == 0 and report.failed == 3
     assert "refused the connection" in report.errors[0]
+    assert anonymous.published == 0 and anonymous.failed == 3
+    assert "refused the connection" in anonymous.errors[0]
 
 
 def test_simulate_command(data_root: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    with storescp(tmp_path / "received") as dicom_port, mosquitto(tmp_path) as broker_port:
-        subscriber = Subscriber(broker_port)
+    with storescp(tmp_path / "received") as dicom_port, mosquitto(tmp_path) as broker:
+        subscriber = Subscriber(broker)
         try:
             result = runner.invoke(
                 app,
                 [
                     "simulate", "--data", str(data_root), "--limit", "3", "--seed", "1",
                     "--dicom-port", str(dicom_port), "--calling-ae", "XRAY-ROOM-1",
-                    "--broker-host", "127.0.0.1", "--broker-port", str(broker_port),
-                    "--sensor-device-id", "7", "--vitals-count", "4", "--vitals-rate", "0",
+                    "--broker-host", "127.0.0.1", "--broker-port", str(broker.port),
+                    "--sensor-device-id", str(broker.device_id), "--mqtt-username", broker.username,
+                    "--mqtt-password", broker.password, "--vitals-count", "4", "--vitals-rate", "0",
                     "--no-progress",
                 ],
             )  # fmt: skip
@@ -275,7 +317,7 @@ def test_simulate_command(data_root: Path, tmp_path: Path) -> None:
     assert summary["images"]["acknowledged"] == 3 and summary["images"]["failed"] == 0
     patients = {p["patient_id"] for p in summary["patients"]}
     assert summary["vitals"]["published"] == summary["vitals"]["acknowledged"] == 4 * len(patients)
-    assert summary["vitals"]["topic"] == "covidet/devices/7/vitals"
+    assert summary["vitals"]["topic"] == f"covidet/devices/{broker.device_id}/vitals"
     assert {payload["patient_id"] for _, payload in received} == patients
     assert {ds.PatientID for ds in received_datasets(tmp_path / "received")} == patients
 
