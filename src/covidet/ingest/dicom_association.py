@@ -14,9 +14,9 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
@@ -54,21 +54,21 @@ class PeerRegistry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._peers: weakref.WeakKeyDictionary[Any, Peer] = weakref.WeakKeyDictionary()
+        self._peers: weakref.WeakKeyDictionary[Association, Peer] = weakref.WeakKeyDictionary()
         #: Held from the limit check to :meth:`add`, so that simultaneous requests cannot overshoot.
         self.admission = threading.Lock()
         #: Associations inside a C-STORE handler now: the only ones shutdown waits for.
-        self.busy: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.busy: weakref.WeakSet[Association] = weakref.WeakSet()
 
-    def add(self, assoc: Any, peer: Peer) -> None:
+    def add(self, assoc: Association, peer: Peer) -> None:
         with self._lock:
             self._peers[assoc] = peer
 
-    def get(self, assoc: Any) -> Peer | None:
+    def get(self, assoc: Association) -> Peer | None:
         with self._lock:
             return self._peers.get(assoc)
 
-    def accepted(self) -> list[Any]:
+    def accepted(self) -> list[Association]:
         """The associations accepted so far whose objects still exist (running or not)."""
         with self._lock:
             return list(self._peers.keys())

@@ -18,7 +18,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for the annotations: the checks themselves need no pynetdicom
+    from pynetdicom.association import Association
 
 __all__ = ["DEFAULT_MAX_ASSOCIATIONS", "AssociationPolicy", "parse_peer_networks"]
 
@@ -78,7 +81,7 @@ class AssociationPolicy:
         allowed = ", ".join(str(n) for n in networks)
         return f"calling AE title {ae_title!r} may only call from {allowed}, not {host}"
 
-    def limit_refusal(self, assoc: Any, accepted: Iterable[Any]) -> str | None:
+    def limit_refusal(self, assoc: Association, accepted: Iterable[Association]) -> str | None:
         """Why ``assoc`` may not be accepted now (the limit is reached), or ``None``.
 
         ``accepted`` are the associations accepted earlier; only those still running count.

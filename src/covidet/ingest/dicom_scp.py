@@ -42,11 +42,12 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any
 
 from pynetdicom import AE, evt
+from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from covidet.config import Settings
 from covidet.ingest.dicom_association import PeerRegistry, handle_association_request
 from covidet.ingest.dicom_checks import AssociationPolicy, parse_peer_networks
 from covidet.ingest.dicom_handlers import StoreStatus, handle_echo, handle_store, set_tcp_nodelay
@@ -143,7 +144,7 @@ class DicomReceiver:
     @classmethod
     def from_settings(
         cls,
-        settings: Any,
+        settings: Settings,
         db: Database,
         ingest: ImageIngest,
         *,
@@ -192,7 +193,7 @@ class DicomReceiver:
         """Listen on ``host:port`` (non-blocking). Raises ``OSError`` if the port cannot be bound."""
         if self._server is not None:
             raise RuntimeError("receiver already started")
-        handlers: list[Any] = [
+        handlers: list[EventHandlerType] = [
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
             (
                 evt.EVT_REQUESTED,

@@ -20,7 +20,6 @@ import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -64,7 +63,7 @@ class AssociationServer(ThreadedAssociationServer):
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def process_request_thread(self, request: socket.socket, client_address: tuple[str, int]) -> None:
         if isinstance(request, ssl.SSLSocket):
             peer = f"{client_address[0]}:{client_address[1]}"
             try:

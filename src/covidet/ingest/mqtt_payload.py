@@ -110,7 +110,7 @@ class VitalsPayload(BaseModel):
 
     @field_validator("timestamp", mode="before")
     @classmethod
-    def _timestamp_is_text(cls, value: Any) -> Any:
+    def _timestamp_is_text(cls, value: object) -> str:
         # pydantic would also take a number as Unix time; the contract is ISO 8601 text only.
         if not isinstance(value, str):
             raise ValueError("must be an ISO 8601 string")
@@ -175,7 +175,7 @@ def device_id_from_topic(topic: str) -> int:
 _MAX_ECHO = 100
 
 
-def _echo(value: Any) -> str:
+def _echo(value: object) -> str:
     text = repr(value)
     return text if len(text) <= _MAX_ECHO else f"{text[: _MAX_ECHO - 3]}..."
 

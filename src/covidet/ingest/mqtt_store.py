@@ -11,7 +11,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
@@ -124,7 +123,7 @@ class VitalsStore:
         new_patients: dict[str, int] = {}
         with self.db.session(write=True) as session:
             devices: dict[int, Device | None] = {}
-            rows: list[dict[str, Any]] = []
+            rows: list[dict[str, object]] = []
             for position, item, device_id, vital in readings:
                 if device_id not in devices:
                     devices[device_id] = queries.device_by_id(session, device_id)

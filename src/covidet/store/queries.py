@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -276,7 +276,7 @@ def counts(session: Session) -> dict[str, Any]:
     return result
 
 
-def add_vital_signs(session: Session, rows: Iterable[dict[str, Any]]) -> int:
+def add_vital_signs(session: Session, rows: Iterable[Mapping[str, object]]) -> int:
     """Insert vital-sign rows in bulk; returns how many were new.
 
     Each row maps :class:`VitalSignRecord` column names to values: ``device_id``, ``patient_id``

@@ -9,9 +9,8 @@ presentation contexts a workstation's association negotiates.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pynetdicom import evt
+from pynetdicom.events import EventHandlerType
 
 from covidet.ingest.dicom_association import PeerRegistry
 from covidet.ingest.qr.find import handle_find
@@ -29,7 +28,7 @@ __all__ = [
 ]
 
 
-def qr_handlers(service: QueryRetrieve, peers: PeerRegistry) -> list[Any]:
+def qr_handlers(service: QueryRetrieve, peers: PeerRegistry) -> list[EventHandlerType]:
     """``(event, handler, [args])`` bindings of the C-FIND, C-GET and C-MOVE handlers."""
     return [
         (evt.EVT_C_FIND, handle_find, [service, peers]),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
@@ -27,7 +26,7 @@ from covidet.ingest.qr.matches import (
     response_identifier,
     study_uids_of,
 )
-from covidet.ingest.qr.service import FIND_MODELS, QueryRetrieve, failure
+from covidet.ingest.qr.service import FIND_MODELS, AuditDetails, QueryRetrieve, failure
 
 __all__ = ["handle_find"]
 
@@ -57,7 +56,7 @@ def handle_find(event: Event, service: QueryRetrieve, peers: PeerRegistry) -> It
         logger.warning("C-FIND from %s refused (0xC000): identifier not decodable: %s", who, exc)
         yield failure(0xC000, f"identifier cannot be decoded: {exc.__class__.__name__}"), None
         return
-    details: dict[str, Any] = {"level": keys.level, "model": root}
+    details: AuditDetails = {"level": keys.level, "model": root}
     try:
         with service.db.session() as session:
             matches = find_matches(session, keys, limit=service.max_matches)
@@ -99,7 +98,7 @@ def _audit(
     service: QueryRetrieve,
     peer: Peer,
     objects: list[str],
-    details: dict[str, Any],
+    details: AuditDetails,
     object_type: str = "study",
 ) -> bool:
     """Write the audit rows; ``False`` (logged) when they cannot be written."""

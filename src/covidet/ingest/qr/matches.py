@@ -11,8 +11,8 @@ of the levels down to the query's and ``RetrieveAETitle``.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sized
 from dataclasses import dataclass, replace
-from typing import Any
 
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session
@@ -73,8 +73,11 @@ class InstanceMatch:
 
 Match = PatientMatch | StudyRecord | SeriesMatch | InstanceMatch
 
+#: Attribute keyword -> the value covidet holds for a match (pydicom converts it on assignment).
+AttributeValues = dict[str, str | int | list[str] | None]
 
-def _check(found: list[Any], level: str, limit: int | None) -> None:
+
+def _check(found: Sized, level: str, limit: int | None) -> None:
     if limit is not None and len(found) > limit:
         raise TooManyMatches(level, limit)
 
@@ -176,7 +179,7 @@ def study_uids_of(matches: list[Match]) -> list[str]:
     return list(uids)
 
 
-def _patient_values(key: str, name: str | None, studies: tuple[StudyRecord, ...]) -> dict[str, Any]:
+def _patient_values(key: str, name: str | None, studies: tuple[StudyRecord, ...]) -> AttributeValues:
     return {
         "PatientID": key,
         "PatientName": name or "",
@@ -186,7 +189,7 @@ def _patient_values(key: str, name: str | None, studies: tuple[StudyRecord, ...]
     }
 
 
-def _study_values(study: StudyRecord) -> dict[str, Any]:
+def _study_values(study: StudyRecord) -> AttributeValues:
     when = study.study_datetime
     return {
         **_patient_values(study.patient_key, study.patient_name, (study,)),
@@ -201,7 +204,7 @@ def _study_values(study: StudyRecord) -> dict[str, Any]:
     }
 
 
-def _values(match: Match) -> dict[str, Any]:
+def _values(match: Match) -> AttributeValues:
     """Every attribute covidet knows of ``match`` (a response carries those the request asked for)."""
     if isinstance(match, PatientMatch):
         return _patient_values(match.patient_key, match.patient_name, match.studies)

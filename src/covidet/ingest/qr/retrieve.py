@@ -21,27 +21,43 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TypedDict
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
-from pynetdicom.events import Event
+from pynetdicom.association import Association
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from covidet.ingest.dicom_association import Peer, PeerRegistry
 from covidet.ingest.qr.keys import IdentifierError, parse_request
 from covidet.ingest.qr.matches import find_matches, instances_of, study_uids_of
-from covidet.ingest.qr.service import GET_MODELS, MOVE_MODELS, QueryRetrieve, failure
+from covidet.ingest.qr.service import GET_MODELS, MOVE_MODELS, AuditDetails, QueryRetrieve, failure
 from covidet.store.archive_queries import InstanceRecord
 
-__all__ = ["handle_get", "handle_move"]
+__all__ = ["GetYield", "MoveOptions", "MoveYield", "handle_get", "handle_move"]
 
 logger = logging.getLogger("covidet.ingest.qr")
 
 #: Most presentation contexts one association may propose (PS3.8: odd context ids 1-255).
 _MAX_CONTEXTS = 128
+
+#: What a C-GET handler yields to pynetdicom: the sub-operation count, then (status, dataset) pairs.
+GetYield = int | tuple[int | Dataset, Dataset | None]
+
+
+class MoveOptions(TypedDict, total=False):
+    """Keyword arguments pynetdicom passes on to ``AE.associate`` for the C-MOVE association."""
+
+    evt_handlers: list[EventHandlerType]
+    contexts: list[PresentationContext]
+
+
+#: What a C-MOVE handler yields: first the destination ``(host, port, options)`` (``(None, None)``:
+#: unknown), then as :data:`GetYield`.
+MoveYield = GetYield | tuple[None, None] | tuple[str, int, MoveOptions]
 
 
 class _Refused(Exception):
@@ -52,7 +68,7 @@ class _Refused(Exception):
 
 
 def _prepare(
-    event: Event, service: QueryRetrieve, peer: Peer | None, name: str, root: str, details: dict[str, Any]
+    event: Event, service: QueryRetrieve, peer: Peer | None, name: str, root: str, details: AuditDetails
 ) -> list[InstanceRecord]:
     """Authorise, match, bound and audit one retrieve; the instances to send. Raises :class:`_Refused`."""
     refusal = service.refusal(peer, name)
@@ -87,9 +103,7 @@ def _prepare(
     return records
 
 
-def _audit(
-    service: QueryRetrieve, name: str, peer: Peer, studies: list[str], details: dict[str, Any]
-) -> bool:
+def _audit(service: QueryRetrieve, name: str, peer: Peer, studies: list[str], details: AuditDetails) -> bool:
     try:
         service.audit(name, peer, object_type="study", object_ids=studies, details=details)
     except Exception:
@@ -139,7 +153,7 @@ def _sub_operations(
     logger.info("%s from %s: %d instances offered, %d unreadable", name, who, len(records), unsent)
 
 
-def _fit_to(assoc: Any) -> Callable[[Dataset], Dataset]:
+def _fit_to(assoc: Association) -> Callable[[Dataset], Dataset]:
     """Decompress a compressed instance when the C-GET peer accepted its SOP class only uncompressed."""
 
     def fit(dataset: Dataset) -> Dataset:
@@ -160,7 +174,7 @@ def _fit_to(assoc: Any) -> Callable[[Dataset], Dataset]:
     return fit
 
 
-def handle_get(event: Event, service: QueryRetrieve, peers: PeerRegistry) -> Iterator[Any]:
+def handle_get(event: Event, service: QueryRetrieve, peers: PeerRegistry) -> Iterator[GetYield]:
     """``EVT_C_GET`` handler; see the module docstring. Never raises."""
     peer = peers.get(event.assoc)
     root = GET_MODELS.get(str(event.request.AffectedSOPClassUID), "study")
@@ -193,7 +207,7 @@ def _move_contexts(records: list[InstanceRecord]) -> list[PresentationContext]:
     return contexts[:_MAX_CONTEXTS] or [build_context(Verification)]
 
 
-def handle_move(event: Event, service: QueryRetrieve, peers: PeerRegistry) -> Iterator[Any]:
+def handle_move(event: Event, service: QueryRetrieve, peers: PeerRegistry) -> Iterator[MoveYield]:
     """``EVT_C_MOVE`` handler; see the module docstring. Never raises."""
     peer = peers.get(event.assoc)
     destination = (event.move_destination or "").strip()
@@ -206,7 +220,7 @@ def handle_move(event: Event, service: QueryRetrieve, peers: PeerRegistry) -> It
             _audit(service, "C-MOVE", peer, [], {"destination": destination, "status": "0xA801"})
         yield None, None  # pynetdicom answers 0xA801 Refused: Move Destination unknown
         return
-    options: dict[str, Any] = {}
+    options: MoveOptions = {}
     if service.on_connect is not None:
         options["evt_handlers"] = [(evt.EVT_CONN_OPEN, service.on_connect)]
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import build_context
@@ -29,6 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from covidet.config import Settings
 from covidet.ingest.dicom_association import Peer
 from covidet.ingest.dicom_syntaxes import ACCEPTED_TRANSFER_SYNTAXES, VERIFICATION_SYNTAXES
 from covidet.ingest.qr.keys import PATIENT_ROOT, STUDY_ROOT
@@ -43,6 +43,7 @@ __all__ = [
     "GET_MODELS",
     "MOVE_MODELS",
     "RETRIEVABLE_SOP_CLASSES",
+    "AuditDetails",
     "QueryRetrieve",
     "failure",
     "parse_destinations",
@@ -50,6 +51,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("covidet.ingest.qr")
+
+#: What a Q/R request's audit rows record besides the peer (level, model, destination, status,
+#: counts): JSON values.
+AuditDetails = Mapping[str, str | int]
 
 #: Information model SOP class -> root, per DIMSE service.
 FIND_MODELS = {
@@ -121,7 +126,9 @@ class QueryRetrieve:
     on_connect: Callable[[Event], None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any, db: Database, store: ImageStore, *, ae_title: str) -> QueryRetrieve:
+    def from_settings(
+        cls, settings: Settings, db: Database, store: ImageStore, *, ae_title: str
+    ) -> QueryRetrieve:
         """Configured by ``Settings.dicom_qr_max_matches``, ``dicom_qr_max_instances`` and
         ``dicom_move_destinations``."""
         return cls(
@@ -152,7 +159,7 @@ class QueryRetrieve:
         *,
         object_type: str,
         object_ids: Sequence[str],
-        details: dict[str, Any],
+        details: AuditDetails,
     ) -> None:
         """Write the audit rows of one request (:func:`covidet.store.dicom_audit.record_qr_request`).
         Raises what the database raises: the caller then refuses the request."""
