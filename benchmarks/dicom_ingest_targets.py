@@ -124,8 +124,7 @@ def start_covidet_worker(folder: Path) -> Target:
     the receiver's alone; the run records how many jobs Redis holds at the end."""
     import redis
 
-    sys.path.insert(0, str(REPO))  # tests.servers: the private Redis of the tests
-    from tests.servers import start_redis
+    from covidet.app.redis_server import start_redis
 
     server = start_redis()
     try:

@@ -6,7 +6,7 @@ The deployment is covidet's app on uvicorn in this process over a fresh SQLite d
 httpx with a radiologist's bearer token (a modality key for STOW). Each figure is the median of
 ``--repeats`` requests, wall clock from request to the whole body received, audit event included.
 
-    python benchmarks/dicomweb.py [--repeats 7] [--out benchmarks/results/dicomweb.json]
+    python -m benchmarks.dicomweb [--repeats 7] [--out benchmarks/results/dicomweb.json]
 
 Not a test: nothing is asserted. The numbers depend on the machine and its load (see ``machine``).
 """
@@ -26,18 +26,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from tests.api.conftest import make_env, serve
+
+from benchmarks._report import write_report
+from covidet import __version__
+from covidet.store import queries
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # tests.*: the test server and its users
-
-import httpx  # noqa: E402
-from pydicom import dcmread  # noqa: E402
-from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
-from tests.api.conftest import make_env, serve  # noqa: E402
-
-from _report import write_report  # noqa: E402
-from covidet import __version__  # noqa: E402
-from covidet.store import queries  # noqa: E402
 
 
 def _median_ms(call: Callable[[], httpx.Response], repeats: int) -> float:
@@ -104,7 +103,7 @@ def main() -> None:
     write_report(
         {
             "benchmark": "dicomweb",
-            "command": "python " + " ".join(sys.argv),
+            "command": "python -m benchmarks.dicomweb " + " ".join(sys.argv[1:]),
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "covidet": __version__,
             "machine": {

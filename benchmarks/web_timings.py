@@ -7,7 +7,7 @@ accepted through the upload path and AI results, triage and alerts written as th
 Each repeat is a new browser context (cold session, no cache). Wall-clock times from the click to the
 condition, measured in this process with ``time.perf_counter``.
 
-    python benchmarks/web_timings.py [--studies 40] [--repeats 5] [--out benchmarks/results/web_timings.json]
+    python -m benchmarks.web_timings [--studies 40] [--repeats 5] [--out benchmarks/results/web_timings.json]
 
 Not a test: nothing is asserted. The numbers depend on the machine and its load (see ``machine``).
 """
@@ -25,16 +25,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import playwright.sync_api as playwright_api
+from tests.api.conftest import PASSWORDS, dataset_jpegs, hours_ago, make_env, seed_image, serve
+from tests.web.browser import CHROMIUM_ARGS, chromium_path
+from tests.web.seed import seed_room
+
+from benchmarks._report import write_report
+from covidet import __version__
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # tests.*: the seeded reading room and the test server
-
-import playwright.sync_api as playwright_api  # noqa: E402
-from tests.api.conftest import PASSWORDS, dataset_jpegs, hours_ago, make_env, seed_image, serve  # noqa: E402
-from tests.web.browser import CHROMIUM_ARGS, chromium_path  # noqa: E402
-from tests.web.seed import seed_room  # noqa: E402
-
-from _report import write_report  # noqa: E402
-from covidet import __version__  # noqa: E402
 
 PRIORITIES = ("urgent", "high", "routine", None)
 
@@ -109,7 +108,7 @@ def main() -> None:
 
     report: dict[str, Any] = {
         "benchmark": "web_timings",
-        "command": "python benchmarks/web_timings.py " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.web_timings " + " ".join(sys.argv[1:]),
         "covidet_version": __version__,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {

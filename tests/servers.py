@@ -18,8 +18,9 @@ from pathlib import Path
 from covidet.app.broker import Mosquitto, TlsFiles, make_tls_files, start_mosquitto
 from covidet.app.postgres import start_postgres  # the throw-away cluster, shared with the benchmarks
 from covidet.app.processes import ServerHandle, find_program, terminate
+from covidet.app.redis_server import start_redis  # the private Redis, shared with the benchmarks
 
-__all__ = ["ServerHandle", "find_binary", "free_port", "start_postgres", "wait_for_port"]
+__all__ = ["ServerHandle", "find_binary", "free_port", "start_postgres", "start_redis", "wait_for_port"]
 
 
 def free_port() -> int:
@@ -47,42 +48,6 @@ def find_binary(name: str, package: str, patterns: tuple[str, ...] = ()) -> str:
     if not found:
         raise RuntimeError(f"{name} not found: install the Debian package {package!r} (.ci/run does)")
     return found
-
-
-def start_redis() -> ServerHandle:
-    """A private Redis on a free loopback port, no persistence (Debian package redis-server)."""
-    binary = find_binary("redis-server", "redis-server", ("/usr/bin/redis-server",))
-    directory = Path(tempfile.mkdtemp(prefix="covidet-redis-"))
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-            "--logfile",
-            str(directory / "redis.log"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, process=process)
-    except BaseException:
-        process.kill()
-        raise
-
-    def stop() -> None:
-        terminate(process, 10)
-
-    return ServerHandle(url=f"redis://127.0.0.1:{port}/0", port=port, directory=directory, _stop=stop)
 
 
 # --------------------------------------------------------------------------------------------- Mosquitto
