@@ -45,7 +45,7 @@ def model_card_path(settings: Settings) -> Path | None:
     rather than with :mod:`covidet.detection.bundle`, which would import torch into the web app."""
     package_dir = Path(covidet.__file__).resolve().parent
     candidates = []
-    if getattr(settings, "model", None):
+    if settings.model:
         candidates.append(Path(settings.model).expanduser())
     candidates += [
         package_dir / "_models" / "covidet-detector",

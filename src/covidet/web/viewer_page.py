@@ -87,12 +87,26 @@ class PriorStudy(TypedDict):
     images: list[ViewerImage]
 
 
+class PatientRef(TypedDict):
+    id: int
+    key: str
+    name: str
+
+
+class StudyInfo(TypedDict):
+    uid: str
+    id: int
+    date: str
+    description: str
+    accession: str
+
+
 class ViewerState(TypedDict):
     """The page's embedded state (before the page adds ``selected``, the roots and the labels);
     ``draftIds`` maps an image id (as a string: JSON keys) to this reader's draft review of it."""
 
-    patient: dict[str, object]
-    study: dict[str, object]
+    patient: PatientRef
+    study: StudyInfo
     images: list[ViewerImage]
     priors: list[PriorStudy]
     draftIds: dict[str, int]

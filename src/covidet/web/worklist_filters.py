@@ -70,9 +70,14 @@ class StudyFilters:
         """Whether any filter (not the sort) is set."""
         return bool(self.priority or self.status or self.reviewed is not None or self.patient or self.q)
 
-    def query(self, **changes: str | int) -> str:
-        """The query string of these filters with ``changes`` (another offset, another sort)."""
-        state = replace(self, **changes)
+    def query(self, *, sort: str | None = None, order: str | None = None, offset: int | None = None) -> str:
+        """The query string of these filters with another sort, order or offset where given."""
+        state = replace(
+            self,
+            sort=self.sort if sort is None else sort,
+            order=self.order if order is None else order,
+            offset=self.offset if offset is None else offset,
+        )
         pairs: list[tuple[str, str]] = [("priority", p) for p in state.priority]
         pairs += [("status", s) for s in state.status]
         if state.reviewed is not None:
