@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TypeAlias
 
 from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
@@ -21,99 +21,45 @@ from fhir.resources.R4B.observation import Observation
 from covidet import DISCLAIMER, __version__
 from covidet.domain import Assessment, Finding, Label, Priority
 from covidet.reports.context import ReportContext, as_utc
+from covidet.reports.fhir_codes import (
+    IMAGE_IDENTIFIER_SYSTEM,
+    LABEL_CODES,
+    LABEL_TEXT,
+    LOINC,
+    LUNG,
+    OBSERVATION_CATEGORY,
+    PATIENT_IDENTIFIER_SYSTEM,
+    PRIORITY_SYSTEM,
+    REPORT_CODE,
+    REPORT_IDENTIFIER_SYSTEM,
+    SNOMED,
+    UCUM,
+    V2_0074,
+    V2_0203,
+    VITAL_SIGN_CODES,
+)
 
 __all__ = [
+    "IMAGE_IDENTIFIER_SYSTEM",
     "LABEL_CODES",
+    "LOINC",
     "PATIENT_IDENTIFIER_SYSTEM",
+    "PRIORITY_SYSTEM",
     "REPORT_CODE",
     "REPORT_IDENTIFIER_SYSTEM",
+    "SNOMED",
+    "UCUM",
     "VITAL_SIGN_CODES",
+    "JsonValue",
+    "Resource",
     "fhir_diagnostic_report",
 ]
 
-# ------------------------------------------------------------------------------------------ terminology
-
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-_V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"  # diagnostic service section
-_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"  # identifier type
-_OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-
-#: Identifier systems of covidet's own keys (URNs: valid FHIR ``uri``\ s that need no web server).
-REPORT_IDENTIFIER_SYSTEM = "urn:covidet:report-id"
-PATIENT_IDENTIFIER_SYSTEM = "urn:covidet:patient-key"
-IMAGE_IDENTIFIER_SYSTEM = "urn:covidet:image-id"
-PRIORITY_SYSTEM = "urn:covidet:triage-priority"
-
-#: LOINC 36554-4 "XR Chest Single view" (as used by IHE RAD IDR's single-view chest X-ray example):
-#: the report is about one frontal radiograph.
-REPORT_CODE: dict[str, str] = {"system": LOINC, "code": "36554-4", "display": "XR Chest Single view"}
-
-#: SNOMED CT concept of each class: COVID-19 (840539006 "Disease caused by severe acute respiratory
-#: syndrome coronavirus 2"), pneumonia (233604007) and normal (17621005, a qualifier value).
-LABEL_CODES: dict[Label, dict[str, str]] = {
-    Label.COVID19: {
-        "system": SNOMED,
-        "code": "840539006",
-        "display": "Disease caused by severe acute respiratory syndrome coronavirus 2",
-    },
-    Label.PNEUMONIA: {"system": SNOMED, "code": "233604007", "display": "Pneumonia"},
-    Label.NORMAL: {"system": SNOMED, "code": "17621005", "display": "Normal"},
-}
-_LABEL_TEXT = {Label.COVID19: "COVID-19", Label.PNEUMONIA: "Pneumonia", Label.NORMAL: "Normal"}
-_LUNG = {"system": SNOMED, "code": "39607008", "display": "Lung structure"}
-
-
-@dataclass(frozen=True)
-class _VitalCode:
-    attribute: str  # field of VitalSign
-    codings: tuple[dict[str, str], ...]  # LOINC; the first is the one FHIR's vital-signs profile names
-    text: str
-    unit: str  # UCUM code (also the human unit)
-
-
-#: LOINC code and UCUM unit of each :class:`VitalSign` field (FHIR R4B vital-signs profile codes;
-#: SpO2 carries both 2708-6 and the pulse-oximetry specific 59408-5).
-VITAL_SIGN_CODES: tuple[_VitalCode, ...] = (
-    _VitalCode(
-        "spo2_percent",
-        (
-            {"system": LOINC, "code": "2708-6", "display": "Oxygen saturation in Arterial blood"},
-            {
-                "system": LOINC,
-                "code": "59408-5",
-                "display": "Oxygen saturation in Arterial blood by Pulse oximetry",
-            },
-        ),
-        "SpO2",
-        "%",
-    ),
-    _VitalCode(
-        "temperature_c",
-        ({"system": LOINC, "code": "8310-5", "display": "Body temperature"},),
-        "Body temperature",
-        "Cel",
-    ),
-    _VitalCode(
-        "heart_rate_per_min",
-        ({"system": LOINC, "code": "8867-4", "display": "Heart rate"},),
-        "Heart rate",
-        "/min",
-    ),
-    _VitalCode(
-        "respiratory_rate_per_min",
-        ({"system": LOINC, "code": "9279-1", "display": "Respiratory rate"},),
-        "Respiratory rate",
-        "/min",
-    ),
-    _VitalCode(
-        "systolic_bp_mmhg",
-        ({"system": LOINC, "code": "8480-6", "display": "Systolic blood pressure"},),
-        "Systolic blood pressure",
-        "mm[Hg]",
-    ),
-)
+#: A JSON value as the resources are built here (read-only container views, so that a list of
+#: resources or a dict of strings is one too).
+JsonValue: TypeAlias = "str | int | float | bool | Sequence[JsonValue] | Mapping[str, JsonValue] | None"
+#: A FHIR resource or element being built: a JSON object.
+Resource: TypeAlias = dict[str, JsonValue]
 
 
 def _iso(moment: datetime) -> str:
@@ -133,16 +79,16 @@ def _fhir_id(report_id: str) -> str:
 # ------------------------------------------------------------------------------------------------- FHIR
 
 
-def _quantity(value: float, unit: str, code: str | None = None) -> dict[str, Any]:
+def _quantity(value: float, unit: str, code: str | None = None) -> Resource:
     return {"value": float(value), "unit": unit, "system": UCUM, "code": code or unit}
 
 
-def _label_concept(label: Label) -> dict[str, Any]:
-    return {"coding": [LABEL_CODES[Label(label)]], "text": _LABEL_TEXT[Label(label)]}
+def _label_concept(label: Label) -> Resource:
+    return {"coding": [LABEL_CODES[Label(label)]], "text": LABEL_TEXT[Label(label)]}
 
 
-def _category(code: str, display: str) -> list[dict[str, Any]]:
-    return [{"coding": [{"system": _OBS_CATEGORY, "code": code, "display": display}]}]
+def _category(code: str, display: str) -> list[Resource]:
+    return [{"coding": [{"system": OBSERVATION_CATEGORY, "code": code, "display": display}]}]
 
 
 def _conclusion(ctx: ReportContext) -> str:
@@ -152,7 +98,7 @@ def _conclusion(ctx: ReportContext) -> str:
         prob = ctx.assessment.probabilities.get(label)
         prob_text = f", probability {prob:.2f}" if prob is not None else ""
         parts.append(
-            f"Image-level assessment: {label.value} ({_LABEL_TEXT[label]}{prob_text}; "
+            f"Image-level assessment: {label.value} ({LABEL_TEXT[label]}{prob_text}; "
             f"rule {ctx.decision_rule}, threshold {ctx.threshold:g})."
         )
     else:
@@ -188,7 +134,7 @@ def _display_name(name: str) -> str:
     return " ".join(part for part in (prefix, given, middle, family, suffix) if part) or name
 
 
-def _device(ctx: ReportContext) -> dict[str, Any]:
+def _device(ctx: ReportContext) -> Resource:
     return {
         "resourceType": "Device",
         "id": "model",
@@ -205,7 +151,7 @@ def _device(ctx: ReportContext) -> dict[str, Any]:
     }
 
 
-def _finding_observation(ctx: ReportContext, index: int, finding: Finding, common: dict[str, Any]) -> dict:
+def _finding_observation(ctx: ReportContext, index: int, finding: Finding, common: Resource) -> Resource:
     label = Label(finding.label)
     box = finding.box
     corner_names = ("x1 (left)", "y1 (top)", "x2 (right)", "y2 (bottom)")
@@ -214,8 +160,8 @@ def _finding_observation(ctx: ReportContext, index: int, finding: Finding, commo
         "id": f"finding-{index}",
         **common,
         "category": _category("imaging", "Imaging"),
-        "code": {"coding": [LABEL_CODES[label]], "text": f"{_LABEL_TEXT[label]} region (AI detection)"},
-        "bodySite": {"coding": [_LUNG]},
+        "code": {"coding": [LABEL_CODES[label]], "text": f"{LABEL_TEXT[label]} region (AI detection)"},
+        "bodySite": {"coding": [LUNG]},
         # The detector's calibrated score in [0, 1]; UCUM "1" is the unity (dimensionless) unit.
         "valueQuantity": _quantity(finding.score, "score", "1"),
         # Pixel corners of the original image, top-left origin; UCUM has no pixel unit, so the
@@ -238,7 +184,7 @@ def _finding_observation(ctx: ReportContext, index: int, finding: Finding, commo
     }
 
 
-def _assessment_observation(ctx: ReportContext, assessment: Assessment, common: dict[str, Any]) -> dict:
+def _assessment_observation(ctx: ReportContext, assessment: Assessment, common: Resource) -> Resource:
     components = [
         {"code": _label_concept(label), "valueQuantity": _quantity(prob, "probability", "1")}
         for label, prob in sorted(assessment.probabilities.items(), key=lambda item: Label(item[0]).value)
@@ -264,11 +210,11 @@ def _assessment_observation(ctx: ReportContext, assessment: Assessment, common: 
 
 
 def _triage_observation(
-    ctx: ReportContext, priority: Priority, derived_from: list[str], common: dict[str, Any]
-) -> dict:
+    ctx: ReportContext, priority: Priority, derived_from: list[str], common: Resource
+) -> Resource:
     priority = Priority(priority)
     reasons = ctx.reasons or ["no reason recorded"]
-    observation: dict[str, Any] = {
+    observation: Resource = {
         "resourceType": "Observation",
         "id": "triage",
         **common,
@@ -288,8 +234,8 @@ def _triage_observation(
     return observation
 
 
-def _vital_observations(ctx: ReportContext, subject: dict[str, Any]) -> list[dict[str, Any]]:
-    observations: list[dict[str, Any]] = []
+def _vital_observations(ctx: ReportContext, subject: Resource) -> list[Resource]:
+    observations: list[Resource] = []
     for set_index, vital in enumerate(ctx.vitals, start=1):
         for code in VITAL_SIGN_CODES:
             value = getattr(vital, code.attribute)
@@ -311,7 +257,14 @@ def _vital_observations(ctx: ReportContext, subject: dict[str, Any]) -> list[dic
     return observations
 
 
-def fhir_diagnostic_report(ctx: ReportContext) -> dict[str, Any]:
+def _code_text(resource: Resource) -> str:
+    """The ``code.text`` of ``resource`` ("" when it has none)."""
+    code = resource.get("code")
+    text = code.get("text", "") if isinstance(code, Mapping) else ""
+    return str(text)
+
+
+def fhir_diagnostic_report(ctx: ReportContext) -> Resource:
     """The FHIR R4B ``DiagnosticReport`` of one analysed image, as a JSON-ready dict.
 
     Contract:
@@ -333,13 +286,13 @@ def fhir_diagnostic_report(ctx: ReportContext) -> dict[str, Any]:
     ``DiagnosticReport.model_validate`` gives the same resource.
     """
     issued = _iso(ctx.issued_at)
-    subject: dict[str, Any] = {
+    subject: Resource = {
         "type": "Patient",
         "identifier": {"system": PATIENT_IDENTIFIER_SYSTEM, "value": ctx.patient_key},
     }
     if ctx.patient_name:
         subject["display"] = _display_name(ctx.patient_name)
-    ai_common: dict[str, Any] = {
+    ai_common: Resource = {
         "status": "preliminary",
         "subject": subject,
         "issued": issued,
@@ -352,7 +305,8 @@ def fhir_diagnostic_report(ctx: ReportContext) -> dict[str, Any]:
     if ctx.assessment is not None:
         observations.append(_assessment_observation(ctx, ctx.assessment, ai_common))
     if ctx.priority is not None:
-        derived = [o["id"] for o in observations if o["id"] == "image-assessment"] + [v["id"] for v in vitals]
+        derived = [str(o["id"]) for o in observations if o["id"] == "image-assessment"]
+        derived += [str(v["id"]) for v in vitals]
         observations.append(_triage_observation(ctx, ctx.priority, derived, ai_common))
     observations.extend(vitals)
 
@@ -361,7 +315,7 @@ def fhir_diagnostic_report(ctx: ReportContext) -> dict[str, Any]:
     contained += [Observation.model_validate(o).model_dump(mode="json") for o in observations]
 
     conclusion = _conclusion(ctx)
-    report: dict[str, Any] = {
+    report: Resource = {
         "resourceType": "DiagnosticReport",
         "id": _fhir_id(ctx.report_id),
         "meta": {"tag": [{"system": "urn:covidet", "code": "ai-preliminary", "display": DISCLAIMER}]},
@@ -369,7 +323,7 @@ def fhir_diagnostic_report(ctx: ReportContext) -> dict[str, Any]:
         "contained": contained,
         "identifier": [{"system": REPORT_IDENTIFIER_SYSTEM, "value": ctx.report_id}],
         "status": "preliminary",
-        "category": [{"coding": [{"system": _V2_0074, "code": "RAD", "display": "Radiology"}]}],
+        "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
         "code": {"coding": [REPORT_CODE], "text": "Chest X-ray, AI early assessment"},
         "subject": subject,
         "effectiveDateTime": issued,
@@ -380,7 +334,7 @@ def fhir_diagnostic_report(ctx: ReportContext) -> dict[str, Any]:
                 "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{ctx.study_instance_uid}"},
             }
         ],
-        "result": [{"reference": f"#{o['id']}", "display": o["code"].get("text", "")} for o in observations],
+        "result": [{"reference": f"#{o['id']}", "display": _code_text(o)} for o in observations],
         "conclusion": conclusion,
     }
     if ctx.assessment is not None:
@@ -390,7 +344,7 @@ def fhir_diagnostic_report(ctx: ReportContext) -> dict[str, Any]:
             {
                 "type": "ServiceRequest",
                 "identifier": {
-                    "type": {"coding": [{"system": _V2_0203, "code": "ACSN", "display": "Accession ID"}]},
+                    "type": {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"}]},
                     "value": ctx.accession_number,
                 },
             }

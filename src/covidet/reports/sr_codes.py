@@ -15,7 +15,7 @@ from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
 from covidet.domain import Label
-from covidet.reports.fhir import LABEL_CODES
+from covidet.reports.fhir_codes import LABEL_CODES
 from covidet.store.models import ReviewAction
 
 __all__ = [

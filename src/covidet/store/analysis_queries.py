@@ -166,7 +166,13 @@ def inference_findings(inference: Inference) -> list[Finding]:
 
 
 def inference_assessment(inference: Inference) -> Assessment:
-    """The stored image-level assessment of a succeeded ``inference`` (threshold 0.5 when unrecorded)."""
+    """The stored image-level assessment of a succeeded ``inference`` (threshold 0.5 when unrecorded).
+
+    Raises:
+        ValueError: the inference has no label (it has not succeeded).
+    """
+    if inference.label is None:
+        raise ValueError(f"inference {inference.id} has no assessment (status {inference.status})")
     return Assessment(
         label=Label(inference.label),
         probabilities={Label(k): v for k, v in (inference.probabilities or {}).items()},

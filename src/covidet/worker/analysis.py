@@ -33,10 +33,10 @@ from covidet.assessment.thresholds import TriageThresholds
 from covidet.config import Settings
 from covidet.imaging import XRayImage
 from covidet.imaging.reader import ImageReadError, read_image
-from covidet.ingest.storage import ImageStore
 from covidet.store import analysis_queries as rows
 from covidet.store.analysis_queries import StartedInference
 from covidet.store.db import Database
+from covidet.store.files import ImageStore
 from covidet.worker import analysis_triage
 from covidet.worker.analysis_events import AnalysisEvents
 from covidet.worker.analysis_retry import analyse_batch_with_retries, analyse_with_retries

@@ -61,8 +61,8 @@ def _get_analyzer() -> Analyzer:
     with _analyzer_lock:
         if _analyzer is None:
             from covidet.config import get_settings
-            from covidet.ingest.storage import ImageStore
             from covidet.store.db import Database
+            from covidet.store.files import ImageStore
             from covidet.worker.analysis import Analyzer
             from covidet.worker.events import RedisEvents
 

@@ -20,9 +20,9 @@ from covidet.assessment.reports import ReportContext, dicom_secondary_capture, w
 from covidet.config import Settings
 from covidet.domain import Priority
 from covidet.imaging.reader import read_image
-from covidet.ingest.storage import ImageStore
 from covidet.store import analysis_queries as rows
 from covidet.store.db import Database
+from covidet.store.files import ImageStore
 from covidet.store.study_queries import get_image, latest_inference, latest_triage
 
 __all__ = [

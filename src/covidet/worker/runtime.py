@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from covidet.config import Settings
 from covidet.ingest.service import ImageIngest
-from covidet.ingest.storage import ImageStore
 from covidet.store.db import Database
+from covidet.store.files import ImageStore
 from covidet.worker.analysis import Analyzer, analyse_batch_with_retries
 from covidet.worker.analysis_types import Detector
 from covidet.worker.events import EventPublisher, InProcessEvents, RedisEvents
