@@ -11,11 +11,13 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
 from pydicom.uid import JPEG2000, JPEG2000Lossless
 
+from covidet.config import Settings
 from covidet.imaging.dicom_writer import dicom_bytes, xray_to_dicom
 from covidet.ingest.dicom_scp import DicomReceiver
 from covidet.ingest.service import ImageIngest
@@ -135,6 +137,33 @@ class Harness:
         return self.receiver.port
 
 
+def start_harness(
+    url: str,
+    images: Path,
+    *,
+    device_name: str = "xray-room-1",
+    max_pixels: int = 50_000_000,
+    max_bytes: int = 200 * 1024 * 1024,
+    settings: Settings | None = None,
+    **receiver_options: Any,
+) -> Harness:
+    """A receiver listening on a free loopback port over the database at ``url`` and an image store in
+    ``images``, with a registered modality ``MODALITY_AE`` (``device_name``). ``settings``: built with
+    ``DicomReceiver.from_settings``, else with ``receiver_options``. The caller stops it."""
+    db = Database(url)
+    with db.session(write=True) as session:
+        device = queries.create_device(session, device_name, "modality", ae_title=MODALITY_AE)
+    store = ImageStore(images)
+    analysis_queue = InProcessQueue()
+    ingest = ImageIngest(db, store, analysis_queue, max_bytes=max_bytes, max_pixels=max_pixels)
+    if settings is not None:
+        receiver = DicomReceiver.from_settings(settings, db, ingest, host="127.0.0.1", port=0)
+    else:
+        receiver = DicomReceiver(db, ingest, port=0, **receiver_options)
+    receiver.start()
+    return Harness(db, store, analysis_queue, ingest, receiver, device.device_id)
+
+
 @pytest.fixture
 def start_receiver(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     """Start a receiver on a free port over ``url`` with a registered modality ``MODALITY_AE``.
@@ -145,15 +174,9 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     started: list[Harness] = []
 
     def start(url: str, *, max_pixels: int = 50_000_000, max_bytes: int = 200 * 1024 * 1024) -> Harness:
-        db = Database(url)
-        with db.session(write=True) as session:
-            device = queries.create_device(session, "xray-room-1", "modality", ae_title=MODALITY_AE)
-        store = ImageStore(tmp_path / f"images-{len(started)}")
-        analysis_queue = InProcessQueue()
-        ingest = ImageIngest(db, store, analysis_queue, max_bytes=max_bytes, max_pixels=max_pixels)
-        receiver = DicomReceiver(db, ingest, port=0)
-        receiver.start()
-        harness = Harness(db, store, analysis_queue, ingest, receiver, device.device_id)
+        harness = start_harness(
+            url, tmp_path / f"images-{len(started)}", max_pixels=max_pixels, max_bytes=max_bytes
+        )
         started.append(harness)
         return harness
 

@@ -9,13 +9,8 @@ from typing import Any
 
 import pytest
 
-from covidet.ingest.dicom_scp import DicomReceiver
-from covidet.ingest.service import ImageIngest
-from covidet.ingest.storage import ImageStore
-from covidet.store import queries
-from covidet.store.db import Database
-from covidet.worker.queue import InProcessQueue
-from tests.ingest.conftest import MODALITY_AE, Harness
+from covidet.config import Settings
+from tests.ingest.conftest import Harness, start_harness
 
 __all__ = ["receiver_factory"]
 
@@ -27,19 +22,14 @@ def receiver_factory(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     Everything is stopped at the end of the test."""
     started: list[Harness] = []
 
-    def start(*, settings: Any = None, **options: Any) -> Harness:
-        db = Database(f"sqlite:///{tmp_path / f'covidet-{len(started)}.db'}")
-        with db.session(write=True) as session:
-            device = queries.create_device(session, f"xray-{len(started)}", "modality", ae_title=MODALITY_AE)
-        store = ImageStore(tmp_path / f"images-{len(started)}")
-        analysis_queue = InProcessQueue()
-        ingest = ImageIngest(db, store, analysis_queue, max_bytes=200 * 1024 * 1024, max_pixels=50_000_000)
-        if settings is not None:
-            receiver = DicomReceiver.from_settings(settings, db, ingest, host="127.0.0.1", port=0)
-        else:
-            receiver = DicomReceiver(db, ingest, port=0, **options)
-        receiver.start()
-        harness = Harness(db, store, analysis_queue, ingest, receiver, device.device_id)
+    def start(*, settings: Settings | None = None, **options: Any) -> Harness:
+        harness = start_harness(
+            f"sqlite:///{tmp_path / f'covidet-{len(started)}.db'}",
+            tmp_path / f"images-{len(started)}",
+            device_name=f"xray-{len(started)}",
+            settings=settings,
+            **options,
+        )
         started.append(harness)
         return harness
 

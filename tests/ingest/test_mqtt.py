@@ -96,12 +96,22 @@ class Setup:
             return list(session.scalars(select(VitalSignRecord).order_by(VitalSignRecord.measured_at)))
 
     def count(self, model: Any) -> int:
-        with self.db.session() as session:
-            return int(session.scalar(select(func.count()).select_from(model)) or 0)
+        return count_rows(self.db, model)
 
     def rejected(self) -> list[RejectedMessage]:
-        with self.db.session() as session:
-            return list(session.scalars(select(RejectedMessage).order_by(RejectedMessage.id)))
+        return rejected_rows(self.db)
+
+
+def count_rows(db: Database, model: Any) -> int:
+    """Rows of ``model``'s table."""
+    with db.session() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def rejected_rows(db: Database) -> list[RejectedMessage]:
+    """``rejected_messages`` in the order written."""
+    with db.session() as session:
+        return list(session.scalars(select(RejectedMessage).order_by(RejectedMessage.id)))
 
 
 @pytest.fixture

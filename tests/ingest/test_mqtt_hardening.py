@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 
 from covidet.ingest.mqtt import (
     MAX_PAYLOAD_BYTES,
@@ -38,8 +37,10 @@ from tests.ingest.test_mqtt import (
     INGEST_PASSWORD,
     INGEST_USER,
     NOW,
+    count_rows,
     covidet_env,
     reading,
+    rejected_rows,
     wait_until,
 )
 from tests.servers import MosquittoHandle, TlsFiles, find_binary, make_tls_files, start_mosquitto
@@ -95,12 +96,10 @@ class GeneratedBroker:
         return credentials
 
     def count(self, model: type[VitalSignRecord]) -> int:
-        with self.db.session() as session:
-            return int(session.scalar(select(func.count()).select_from(model)) or 0)
+        return count_rows(self.db, model)
 
     def rejected(self) -> list[RejectedMessage]:
-        with self.db.session() as session:
-            return list(session.scalars(select(RejectedMessage).order_by(RejectedMessage.id)))
+        return rejected_rows(self.db)
 
 
 @pytest.fixture
