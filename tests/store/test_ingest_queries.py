@@ -66,3 +66,35 @@ def test_add_image_refuses_a_stored_sop_instance_uid_and_writes_nothing(db: Data
         assert session.scalar(select(func.count()).select_from(Image)) == 1
         stored = queries.image_by_sop_instance_uid(session, SOP_UID)
         assert stored is not None and (stored.id, stored.content_sha256) == (first_id, "a" * 64)
+
+
+def test_counts_has_the_keys_of_covidet_stats_in_order(db: Database) -> None:
+    """``covidet stats --json`` prints this dict as it is: its keys, their order and the priorities."""
+    study_id = make_study(db)
+    with db.session(write=True) as session:
+        queries.add_image(session, new_image(study_id)).priority = "urgent"
+        queries.add_rejected(session, channel="mqtt", reason="not JSON", source="covidet/devices/9/vitals")
+    with db.session() as session:
+        counts = queries.counts(session)
+    assert list(counts) == [
+        "images",
+        "studies",
+        "patients",
+        "vitals",
+        "rejected_messages",
+        "devices",
+        "inferences",
+        "failed_inferences",
+        "priorities",
+    ]
+    assert counts == {
+        "images": 1,
+        "studies": 1,
+        "patients": 1,
+        "vitals": 0,
+        "rejected_messages": 1,
+        "devices": 0,
+        "inferences": 0,
+        "failed_inferences": 0,
+        "priorities": {"urgent": 1, "high": 0, "routine": 0},
+    }

@@ -11,13 +11,14 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypedDict, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from covidet.store.models import (
+    Base,
     Device,
     DeviceKind,
     Image,
@@ -31,6 +32,7 @@ from covidet.store.models import (
 
 __all__ = [
     "DeviceCredentials",
+    "StoreCounts",
     "add_image",
     "add_rejected",
     "add_vital_signs",
@@ -67,7 +69,7 @@ class DeviceCredentials:
     mqtt_password: str | None
     vitals_topic: str | None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, str | int | None]:
         return {
             "device_id": self.device_id,
             "name": self.name,
@@ -236,44 +238,44 @@ def add_rejected(
     return row
 
 
-def counts(session: Session) -> dict[str, Any]:
+class StoreCounts(TypedDict):
+    """What :func:`counts` returns (``covidet stats``; the JSON keys in this order)."""
+
+    images: int
+    studies: int
+    patients: int
+    vitals: int
+    rejected_messages: int
+    devices: int
+    inferences: int
+    failed_inferences: int
+    priorities: dict[str, int]
+
+
+def counts(session: Session) -> StoreCounts:
     """Counts for ``covidet stats``: images, studies, patients, vitals, rejected_messages, devices,
     inferences (succeeded), failed_inferences, and priorities ``{"urgent": n, "high": n, "routine": n}``
     (images by current priority)."""
-    tables: Iterable[tuple[str, Any]] = (
-        ("images", Image),
-        ("studies", Study),
-        ("patients", Patient),
-        ("vitals", VitalSignRecord),
-        ("rejected_messages", RejectedMessage),
-        ("devices", Device),
-    )
-    result: dict[str, Any] = {
-        key: int(session.scalar(select(func.count()).select_from(model)) or 0) for key, model in tables
-    }
-    result["inferences"] = int(
-        session.scalar(
-            select(func.count())
-            .select_from(Inference)
-            .where(Inference.status == InferenceStatus.SUCCEEDED.value)
-        )
-        or 0
-    )
-    result["failed_inferences"] = int(
-        session.scalar(
-            select(func.count())
-            .select_from(Inference)
-            .where(Inference.status == InferenceStatus.FAILED.value)
-        )
-        or 0
-    )
+
+    def count(model: type[Base], *where: ColumnElement[bool]) -> int:
+        return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
     by_priority = dict(
         session.execute(
             select(Image.priority, func.count()).where(Image.priority.is_not(None)).group_by(Image.priority)
         ).all()
     )
-    result["priorities"] = {p: int(by_priority.get(p, 0)) for p in ("urgent", "high", "routine")}
-    return result
+    return StoreCounts(
+        images=count(Image),
+        studies=count(Study),
+        patients=count(Patient),
+        vitals=count(VitalSignRecord),
+        rejected_messages=count(RejectedMessage),
+        devices=count(Device),
+        inferences=count(Inference, Inference.status == InferenceStatus.SUCCEEDED.value),
+        failed_inferences=count(Inference, Inference.status == InferenceStatus.FAILED.value),
+        priorities={p: int(by_priority.get(p, 0)) for p in ("urgent", "high", "routine")},
+    )
 
 
 def add_vital_signs(session: Session, rows: Iterable[Mapping[str, object]]) -> int:
