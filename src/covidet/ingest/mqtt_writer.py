@@ -25,7 +25,8 @@ from covidet.ingest.mqtt_store import ReceivedMessage, StoreResult, VitalsStore,
 
 __all__ = ["BatchWriter", "IngestStats", "WriterCounts"]
 
-logger = logging.getLogger(__name__)
+# The subscriber's logger name, as before the writer had a module of its own: log filters name it.
+logger = logging.getLogger("covidet.ingest.mqtt_subscriber")
 
 #: The counters a :class:`BatchWriter` keeps, by name (:class:`IngestStats` reports them).
 WriterCounts = dict[str, int]
