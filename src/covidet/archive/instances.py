@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+from functools import partial
 from pathlib import Path
 
 from pydicom import dcmread
@@ -50,19 +51,22 @@ def upload_as_dicom(db: Database, store: ImageStore, image_id: int) -> Dataset:
             raise InstanceNotFound(f"no image with id {image_id}")
         study, patient = image.study, image.study.patient
         acquired = study.study_datetime or image.received_at
-        fields = {
-            "patient_id": patient.patient_key,
-            "patient_name": patient.name,
-            "study_instance_uid": study.study_instance_uid,
-            "series_instance_uid": image_series_uid(image),
-            "sop_instance_uid": image.sop_instance_uid,
-            "accession_number": study.accession_number or "",
-            "study_description": study.description or "Chest X-ray (upload)",
-            "acquired_at": acquired,
-        }
-        path = _file(store, image.path)
+        # The values are taken now; the picture is converted after the session closed (a decode holds
+        # no connection).
+        convert = partial(
+            xray_to_dicom,
+            _file(store, image.path),
+            patient_id=patient.patient_key,
+            patient_name=patient.name,
+            study_instance_uid=study.study_instance_uid,
+            series_instance_uid=image_series_uid(image),
+            sop_instance_uid=image.sop_instance_uid,
+            accession_number=study.accession_number or "",
+            study_description=study.description or "Chest X-ray (upload)",
+            acquired_at=acquired,
+        )
         media_type, filename = image.media_type, image.original_filename
-    dataset = xray_to_dicom(path, **fields)
+    dataset = convert()
     # Type 2 attributes of the Patient and General Study modules, empty: an upload does not say them.
     dataset.PatientBirthDate = ""
     dataset.PatientSex = ""

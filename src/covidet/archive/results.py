@@ -55,8 +55,17 @@ def _context_and_source(db: Database, store: ImageStore, image_id: int) -> tuple
 
 
 def _keep(
-    db: Database, store: ImageStore, document: Dataset, *, kind: DicomObjectKind, image_id: int, **refs: int
+    db: Database,
+    store: ImageStore,
+    document: Dataset,
+    *,
+    kind: DicomObjectKind,
+    image_id: int,
+    inference_id: int | None = None,
+    review_id: int | None = None,
 ) -> DicomObject:
+    """Write ``document`` into the image store, then record it in the study of ``image_id`` (once per
+    SOP Instance UID); returns its record, detached from the session."""
     data = sr_bytes(document)
     stored = store.put(data, "application/dicom")
     with db.session(write=True) as session:
@@ -75,7 +84,8 @@ def _keep(
                 content_sha256=stored.sha256,
                 path=stored.path,
                 size_bytes=stored.size_bytes,
-                **refs,
+                inference_id=inference_id,
+                review_id=review_id,
             ),
         )
         session.expunge(obj)

@@ -28,7 +28,7 @@ from covidet.domain import Box, Label
 from covidet.reports.context import ReportContext
 from covidet.store.analysis_queries import get_inference
 from covidet.store.db import Database
-from covidet.store.models import Review, ReviewAction, ReviewStatus
+from covidet.store.models import Review, ReviewAction, ReviewFinding, ReviewStatus
 from covidet.store.review_store import get_review, newest_signed_review_id
 
 from .dicom_sr import (
@@ -88,6 +88,13 @@ class ReviewFacts:
     amends_review_id: int | None = None
 
 
+def _box(row: ReviewFinding) -> Box | None:
+    """The reviewed box of ``row``; ``None`` when it has none (a confirm, reject or delete)."""
+    if row.x1 is None or row.y1 is None or row.x2 is None or row.y2 is None:
+        return None
+    return Box(row.x1, row.y1, row.x2, row.y2)
+
+
 def _facts(review: Review, ai_label: str | None) -> ReviewFacts:
     if review.status != ReviewStatus.SIGNED.value or review.signed_at is None or review.label is None:
         raise ReviewNotAvailable(f"review {review.id} is not signed: only a signed review becomes an SR")
@@ -97,7 +104,7 @@ def _facts(review: Review, ai_label: str | None) -> ReviewFacts:
         ReviewedBox(
             action=ReviewAction(row.action),
             label=Label(row.label) if row.label else None,
-            box=Box(row.x1, row.y1, row.x2, row.y2) if None not in (row.x1, row.y1, row.x2, row.y2) else None,
+            box=_box(row),
         )
         for row in review.findings
     ]
