@@ -185,7 +185,8 @@ def run_services(
             ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
             # Requests still running when the grace is over are cancelled (their clients get no
             # answer, so they still have what they sent): a slow upload cannot hold the stop.
-            timeout_graceful_shutdown=grace,
+            # (uvicorn annotates it int; at run time it is asyncio's timeout, which takes the float)
+            timeout_graceful_shutdown=grace,  # type: ignore[arg-type]
         )
         server = _server(config, services, grace)
         scheme = "https" if ssl_certfile else "http"

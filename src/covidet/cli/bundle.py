@@ -143,15 +143,17 @@ def predict(
                     failures += 1
             predictions = predictor.predict([xray for _, xray in readable], batch_size=batch_size)
             for (index, xray), prediction in zip(readable, predictions, strict=True):
-                records[index] |= prediction.to_json(
-                    model_name=predictor.name, model_version=predictor.version
-                )
+                assessed = prediction.to_json(model_name=predictor.name, model_version=predictor.version)
+                # Plain dicts for the findings: with --saliency each gets a "saliency" key here.
+                findings: list[dict[str, object]] = [dict(finding) for finding in assessed["findings"]]
+                records[index] |= assessed
+                records[index]["findings"] = findings
                 if draw is not None:
                     draw_prediction(xray, prediction, draw / f"{index:04d}_{files[index].stem}.png")
                 if saliency and draw is not None:
                     maps = predictor.explain(xray, prediction)
                     for number, (finding, heatmap) in enumerate(zip(prediction.findings, maps, strict=True)):
-                        record = records[index]["findings"][number]
+                        record = findings[number]
                         if heatmap is None:  # the detection was not reproduced with gradients on
                             record["saliency"] = None
                             continue
