@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import HTTPException, Path, Query, status
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
 
+from covidet.assessment.triage import news2_of_reading
 from covidet.store.worklist_queries import AiSummary, VitalValue
 
 __all__ = [
@@ -240,13 +241,14 @@ def ai_public(summary: AiSummary | None) -> AiPublic | None:
 
 def vitals_public(values: Mapping[str, VitalValue]) -> dict[str, VitalValuePublic]:
     """``{parameter: VitalValuePublic}`` of :func:`covidet.store.review_queries.latest_vitals` values."""
-    return {
-        name: VitalValuePublic(
+    public = {}
+    for name, v in values.items():
+        score = news2_of_reading(name, v.value)
+        public[name] = VitalValuePublic(
             value=v.value,
             unit=VITAL_UNITS[name],
             measured_at=v.measured_at,
-            news2=v.news2,
-            abnormal=v.abnormal,
+            news2=score,
+            abnormal=bool(score),
         )
-        for name, v in values.items()
-    }
+    return public

@@ -99,6 +99,12 @@ def news2_score(parameter: str, value: float, thresholds: TriageThresholds = DEF
     raise ValueError(f"not a NEWS2 parameter: {parameter!r}")
 
 
+def news2_of_reading(parameter: str, value: float) -> int | None:
+    """NEWS2 score (0..3) of one stored reading as the worklist and the viewer show it; ``None`` for
+    a value that is not a finite number (nothing to score)."""
+    return news2_score(parameter, value) if math.isfinite(value) else None
+
+
 # ------------------------------------------------------------------------------------------ triage
 
 _DISEASES = (Label.COVID19, Label.PNEUMONIA)

@@ -6,7 +6,6 @@ Functions take a session and never commit; see :mod:`covidet.store.review_querie
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,23 +60,13 @@ VITAL_PARAMETERS: tuple[str, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class VitalValue:
-    """The latest value of one vital sign. ``news2`` is its NEWS2 score (0-3, see
-    :mod:`covidet.assessment.triage`); ``abnormal`` is ``news2 > 0``."""
+    """The latest value of one vital sign, as stored (``value`` in the parameter's unit). Its NEWS2
+    score is the presenters' to compute (:func:`covidet.assessment.triage.news2_of_reading`): the
+    store keeps rows and computes no clinical scores."""
 
     parameter: str
     value: float
     measured_at: datetime
-    news2: int | None
-    abnormal: bool
-
-
-def _vital_value(parameter: str, value: float, measured_at: datetime) -> VitalValue:
-    from covidet.assessment.triage import news2_score  # pure Python, no torch
-
-    score: int | None = None
-    if math.isfinite(value):
-        score = news2_score(parameter, value)
-    return VitalValue(parameter, float(value), measured_at, score, bool(score))
 
 
 def latest_vitals(session: Session, patient_ids: Sequence[int]) -> dict[int, dict[str, VitalValue]]:
@@ -105,7 +94,7 @@ def latest_vitals(session: Session, patient_ids: Sequence[int]) -> dict[int, dic
             select(ranked.c.patient_id, ranked.c.value, ranked.c.measured_at).where(ranked.c.rank == 1)
         )
         for patient_id, value, measured_at in rows:
-            result.setdefault(patient_id, {})[parameter] = _vital_value(parameter, value, measured_at)
+            result.setdefault(patient_id, {})[parameter] = VitalValue(parameter, float(value), measured_at)
     return result
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from covidet.assessment.triage import news2_of_reading
+
 if TYPE_CHECKING:
     from covidet.store.models import VitalSignRecord
     from covidet.store.worklist_queries import VitalValue
@@ -58,7 +60,8 @@ class TrendChart:
 
 def trend_charts(readings: Sequence[VitalSignRecord], latest: Mapping[str, VitalValue]) -> list[TrendChart]:
     """Charts of ``readings`` (VitalSignRecord rows, oldest first) for each parameter that has values;
-    ``latest`` is :func:`covidet.store.review_queries.latest_vitals` of the patient (NEWS2 flags)."""
+    ``latest`` is :func:`covidet.store.review_queries.latest_vitals` of the patient (scored here with
+    :func:`covidet.assessment.triage.news2_of_reading`)."""
     charts: list[TrendChart] = []
     for parameter, title, unit in SERIES:
         values = [
@@ -83,6 +86,7 @@ def trend_charts(readings: Sequence[VitalSignRecord], latest: Mapping[str, Vital
             for t, v in zip(times, numbers, strict=True)
         ]
         flag = latest.get(parameter)
+        score = news2_of_reading(parameter, flag.value) if flag is not None else None
         charts.append(
             TrendChart(
                 parameter=parameter,
@@ -95,8 +99,8 @@ def trend_charts(readings: Sequence[VitalSignRecord], latest: Mapping[str, Vital
                 maximum=high,
                 latest=numbers[-1],
                 latest_at=values[-1][0],
-                news2=flag.news2 if flag is not None else None,
-                abnormal=bool(flag.abnormal) if flag is not None else False,
+                news2=score,
+                abnormal=bool(score),
             )
         )
     return charts
