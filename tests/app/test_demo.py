@@ -15,7 +15,8 @@ import covidet.demo
 from covidet.app import broker, demo, demo_accounts, processes
 from covidet.app.demo_announcer import DemoRun
 from covidet.config import Settings
-from covidet.store import Database, Image, ImageStatus, queries
+from covidet.store import Database, Image, ImageStatus
+from tests.store.test_stats_queries import add_images
 
 
 def test_the_old_import_path_keeps_every_name() -> None:
@@ -40,24 +41,11 @@ def test_the_old_import_path_keeps_every_name() -> None:
 
 
 def _set_images(db: Database, rows: list[tuple[ImageStatus, str | None]]) -> None:
+    """Give the images, in order, these (status, priority) pairs, as the worker would."""
     with db.session(write=True) as session:
-        for image in session.query(Image).all():
-            session.delete(image)
-        patient = queries.get_or_create_patient(session, "SIM-1")
-        study = queries.get_or_create_study(session, "1.2.826.0.1.3680043.8.498.7", patient)
-        for index, (status, priority) in enumerate(rows):
-            session.add(
-                Image(
-                    sop_instance_uid=f"1.2.826.0.1.3680043.8.498.7.{index + 1}",
-                    content_sha256=f"{index:064x}",
-                    path=f"{index:064x}.dcm",
-                    size_bytes=1,
-                    media_type="application/dicom",
-                    study_id=study.id,
-                    status=status.value,
-                    priority=priority,
-                )
-            )
+        images = session.query(Image).order_by(Image.id).all()
+        for image, (status, priority) in zip(images, rows, strict=True):
+            image.status, image.priority = status.value, priority
 
 
 @pytest.fixture
@@ -84,7 +72,7 @@ def test_the_assessed_line_waits_for_analysis_and_triage(db: Database, tmp_path:
     )
     analysed, queued, failed = ImageStatus.ANALYSED, ImageStatus.QUEUED, ImageStatus.FAILED
     # Two analysed, one of them not triaged yet, one still queued: nothing is said.
-    _set_images(db, [(analysed, "urgent"), (analysed, None), (queued, None)])
+    add_images(db, [(analysed, "urgent"), (analysed, None), (queued, None)])
     watcher = threading.Thread(target=run._watch, args=(db,), kwargs={"expected": 3})
     watcher.start()
     try:

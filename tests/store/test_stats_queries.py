@@ -17,7 +17,8 @@ def db(database_url: str) -> Iterator[Database]:
     database.dispose()
 
 
-def _add_images(db: Database, rows: list[tuple[ImageStatus, str | None]]) -> None:
+def add_images(db: Database, rows: list[tuple[ImageStatus, str | None]]) -> None:
+    """One study of one patient with an image per row: (status, current priority)."""
     with db.session(write=True) as session:
         patient = queries.get_or_create_patient(session, "P-STATS")
         study = queries.get_or_create_study(session, "1.2.826.0.1.3680043.8.498.1", patient)
@@ -45,7 +46,7 @@ def test_an_empty_database_has_no_images(db: Database) -> None:
 
 
 def test_images_are_counted_by_status_and_current_priority(db: Database) -> None:
-    _add_images(
+    add_images(
         db,
         [
             (ImageStatus.QUEUED, None),
