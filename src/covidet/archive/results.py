@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from covidet.archive.instances import upload_as_dicom
 from covidet.config import Settings
+from covidet.pacs.send import send_to_pacs
 from covidet.reports import (
     ReviewNotAvailable,
     SourceNotDicom,
@@ -27,13 +28,13 @@ from covidet.reports import (
     sr_bytes,
 )
 from covidet.reports.context import ReportContext
+from covidet.reports.from_store import ReportNotAvailable, report_context
 from covidet.store import archive_queries
 from covidet.store.db import Database
 from covidet.store.files import ImageStore
 from covidet.store.models import DicomObject, DicomObjectKind
 from covidet.store.review_store import get_review
 from covidet.store.study_queries import get_image
-from covidet.worker.reporting import ReportNotAvailable, report_context, send_to_pacs
 
 __all__ = ["archive_ai_sr", "archive_review_sr", "backfill_series_uids", "publish_review_sr"]
 

@@ -33,7 +33,7 @@ def report(
 ) -> None:
     """Write the report of an analysed image: FHIR DiagnosticReport, DICOM Secondary Capture or SR."""
     from covidet.ingest.storage import ImageStore
-    from covidet.worker.reporting import (
+    from covidet.reports.from_store import (
         ReportNotAvailable,
         forward_report,
         resolve_image_id,

@@ -230,7 +230,7 @@ class Analyzer:
 
     def _forward(self, image_id: int) -> None:
         """Send the DICOM report to the configured PACS; a PACS outage never fails the analysis."""
-        from covidet.worker.reporting import forward_report
+        from covidet.reports.from_store import forward_report
 
         try:
             forward_report(self.db, self.store, image_id, self.settings)

@@ -289,7 +289,7 @@ def get_report(
     """The preliminary AI report of the image: FHIR ``DiagnosticReport`` JSON, or a DICOM Secondary
     Capture with the boxes burned in. 409 while the image has no successful analysis."""
     from covidet.assessment.reports import dicom_secondary_capture, fhir_diagnostic_report
-    from covidet.worker.reporting import ReportNotAvailable, build_report  # torch-free
+    from covidet.reports.from_store import ReportNotAvailable, build_report  # torch-free
 
     with db.session() as session:
         if rq.get_image(session, image_id) is None:
