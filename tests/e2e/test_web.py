@@ -39,6 +39,7 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from covidet.api.routes.events import close_event_streams
 from covidet.app.server import create_app
 from covidet.assessment.triage import news2_score
 from covidet.config import Settings
@@ -50,7 +51,6 @@ from covidet.simulate.runner import SimulationConfig, SimulationReport, run_simu
 from covidet.simulate.sensors import SensorSimulator, SimulatedPatient, vital_series
 from covidet.store.db import Database
 from covidet.store.models import Image
-from covidet.web import close_event_streams
 from covidet.worker.events import InProcessEvents, RedisEvents
 from tests.servers import free_port
 from tests.web.browser import CHROMIUM_ARGS, chromium_path, screenshot

@@ -38,6 +38,7 @@ from covidet.api.routes import (
     audit,
     auth,
     devices,
+    events,
     exports,
     health,
     images,
@@ -213,6 +214,7 @@ def create_app(
         vitals,
         reviews,
         alerts,
+        events,  # GET /events: server-sent events of the live worklist (not in the OpenAPI document)
         exports,
         devices,
         users,

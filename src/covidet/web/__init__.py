@@ -12,7 +12,7 @@ wiring, :mod:`covidet.app.server`, calls it):
 * ``/worklist``, ``/worklist/live`` and the worklist's forms (claim, release, next case):
   :mod:`covidet.web.worklist_page`;
 * ``/static/...``: the pages' scripts and styles;
-* ``GET /api/v1/events``: the event stream (:mod:`covidet.web.events`).
+* the worklist listens to ``GET /api/v1/events``, which is the API's (:mod:`covidet.api.routes.events`).
 
 See docs/web.md.
 """
@@ -52,19 +52,17 @@ class _StaticHeaders:
 
 
 def close_event_streams(app: FastAPI) -> None:
-    """End the app's open event streams (see :func:`covidet.web.events.close_event_streams`)."""
-    from covidet.web.events import close_event_streams as close
+    """End the app's open event streams (see :func:`covidet.api.routes.events.close_event_streams`)."""
+    from covidet.api.routes.events import close_event_streams as close
 
     close(app)
 
 
 def mount_web(app: FastAPI) -> None:
-    """Add the web pages, their static files and ``GET /api/v1/events`` to ``app`` (a FastAPI app of
+    """Add the web pages and their static files to ``app`` (a FastAPI app of
     :func:`covidet.api.app.create_app`: its ``state`` holds the settings and the database)."""
-    from covidet.api.deps import API_PREFIX
-    from covidet.web import events, pages, rendering, worklist_page
+    from covidet.web import pages, rendering, worklist_page
 
-    app.include_router(events.router, prefix=API_PREFIX)
     for route in pages.page_routes() + worklist_page.worklist_routes():
         app.router.routes.append(route)
     from covidet.web import viewer_page  # the diagnostic viewer (docs/web.md)
