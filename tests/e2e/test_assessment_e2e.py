@@ -18,10 +18,10 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
+from covidet.app.runner import start_services
 from covidet.assessment.triage import news2_score
 from covidet.config import get_settings
 from covidet.ingest.mqtt import write_mosquitto_files
-from covidet.runner import start_services
 from covidet.simulate.sensors import SensorSimulator, SimulatedPatient, vital_series
 from covidet.store import Database, Image, queries
 from covidet.store.models import Alert, FindingRecord, Inference, TriageRecord, VitalSignRecord

@@ -40,12 +40,12 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from covidet.api.routes.events import close_event_streams
+from covidet.app.runner import Services, start_services
 from covidet.app.server import create_app
 from covidet.assessment.triage import news2_score
 from covidet.config import Settings
 from covidet.demo import DemoAccounts, Mosquitto, register_demo, start_mosquitto
 from covidet.ingest.mqtt import write_mosquitto_files
-from covidet.runner import Services, start_services
 from covidet.simulate.modality import ModalitySimulator, load_cases
 from covidet.simulate.runner import SimulationConfig, SimulationReport, run_simulation
 from covidet.simulate.sensors import SensorSimulator, SimulatedPatient, vital_series

@@ -22,10 +22,10 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, generate_uid
 from sqlalchemy import func, select
 
+from covidet.app.runner import start_services
 from covidet.app.server import create_app
 from covidet.config import Settings
 from covidet.demo import DemoAccounts, register_demo
-from covidet.runner import start_services
 from covidet.store.db import Database
 from covidet.store.models import DicomObject, Image
 from covidet.web.viewer_page import BUNDLE_DIR

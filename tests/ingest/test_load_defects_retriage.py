@@ -1,6 +1,6 @@
 """Load-test finding 3 (docs/load.md): re-triage after new vitals ran on the MQTT writer thread.
 
-``covidet serve``'s services (:func:`covidet.runner.start_services`) with a real private Mosquitto and
+``covidet serve``'s services (:func:`covidet.app.runner.start_services`) with a real private Mosquitto and
 real publishers (``mosquitto_pub -l``): while a re-triage is stuck (the analyzer's re-triage replaced
 by one that blocks until released: the slow callable under test, nothing else is replaced), readings
 keep being stored and acknowledged; the patient reported by every batch meanwhile is re-triaged once
@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from covidet.app.runner import start_services
 from covidet.config import Settings
 from covidet.ingest.mqtt import VitalsSubscriber
-from covidet.runner import start_services
 from covidet.store import Database, VitalSignRecord, queries
 from covidet.worker.analysis import Analyzer
 from tests.ingest.test_mqtt import INGEST_PASSWORD, INGEST_USER, NOW, reading, wait_until, write_broker_files

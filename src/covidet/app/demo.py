@@ -13,7 +13,7 @@ What it does, in order:
    :func:`covidet.app.broker.start_mosquitto`, when ``mosquitto`` is installed;
    without it, vital signs are skipped (the message says how to get them);
 4. starts the web app and API, the DICOM receiver and the MQTT subscriber on 127.0.0.1
-   (:func:`covidet.runner.run_services`);
+   (:func:`covidet.app.runner.run_services`);
 5. once the web server listens, prints the URL and the credentials, and runs the device simulator in
    a background thread (:class:`covidet.app.demo_announcer.DemoRun`): a dozen real chest X-rays of the
    dataset's val split over DICOM C-STORE and ten vital-sign readings per patient over MQTT; then
@@ -45,7 +45,7 @@ from covidet.app.signals import SignalHandler, install_handler, restore_handlers
 from covidet.config import Settings
 
 if TYPE_CHECKING:  # imported when the demo runs (the store and the runner pull in the whole system)
-    from covidet.runner import Services
+    from covidet.app.runner import Services
     from covidet.store import Database
 
 __all__ = ["DEMO_INGEST_USER", "DemoError", "default_dataset", "run_demo"]
@@ -139,7 +139,7 @@ def run_demo(
     Raises:
         DemoError: the port is taken, or a part could not start.
     """
-    from covidet.runner import run_services
+    from covidet.app.runner import run_services
     from covidet.store import Database
 
     out = out or sys.stdout

@@ -24,7 +24,7 @@ from covidet.app.processes import wait_for_port
 from covidet.config import Settings
 
 if TYPE_CHECKING:  # imported when the demo runs (the store and the runner pull in the whole system)
-    from covidet.runner import Services
+    from covidet.app.runner import Services
     from covidet.store import Database
 
 __all__ = ["DemoRun", "say"]

@@ -1,6 +1,6 @@
 """Installing SIGINT/SIGTERM handlers for a while and putting the previous ones back.
 
-``covidet demo`` and ``covidet serve`` (:mod:`covidet.runner`) each replace the handlers while they
+``covidet demo`` and ``covidet serve`` (:mod:`covidet.app.runner`) each replace the handlers while they
 run and restore what they found when they stop. Handlers can only be installed from the main thread
 (:func:`signal.signal` raises ``ValueError`` elsewhere); callers that may run on another thread check
 first.

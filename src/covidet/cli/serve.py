@@ -208,7 +208,7 @@ def serve(
 ) -> None:
     """Run covidet in one process: web app and API, analysis, plus the DICOM receiver when a DICOM
     port is given and the MQTT vitals subscriber when a broker is configured."""
-    from covidet.runner import run_services
+    from covidet.app.runner import run_services
 
     settings = setup(log_level=log_level)
     if mqtt is None:
