@@ -30,7 +30,12 @@ One module per job: ``runtime`` (names, the :class:`Graph` protocol, availabilit
 
 from __future__ import annotations
 
-from covidet.detection.accelerated.modules import accelerate
+from covidet.detection.accelerated.modules import (
+    RuntimeBackbone,
+    RuntimeBoxHead,
+    RuntimeRPNHead,
+    accelerate,
+)
 from covidet.detection.accelerated.onnx_runtime import OnnxRuntimeGraph
 from covidet.detection.accelerated.openvino_runtime import OpenVINOGraph
 from covidet.detection.accelerated.runtime import (
@@ -63,6 +68,9 @@ __all__ = [
     "OnnxRuntimeGraph",
     "OpenVINOGraph",
     "Precision",
+    "RuntimeBackbone",
+    "RuntimeBoxHead",
+    "RuntimeRPNHead",
     "RuntimeUnavailableError",
     "Variant",
     "accelerate",
