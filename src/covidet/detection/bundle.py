@@ -14,12 +14,12 @@ import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 from torchvision.models.detection import FasterRCNN
 
 from covidet import DISCLAIMER, __version__
+from covidet.detection.card import Architecture, DecisionSection, JSONObject, ModelCard, detector_args
 from covidet.detection.model import build_detector
 from covidet.domain import CLASS_NAMES
 
@@ -53,10 +53,10 @@ def save_bundle(
     model: FasterRCNN,
     out_dir: str | os.PathLike,
     *,
-    architecture: dict[str, Any],
-    decision: dict[str, Any],
-    training: dict[str, Any],
-    metrics: dict[str, Any],
+    architecture: Architecture,
+    decision: DecisionSection,
+    training: JSONObject,
+    metrics: JSONObject,
     name: str = "covidet-detector",
     version: str = __version__,
     half: bool = True,
@@ -77,7 +77,7 @@ def save_bundle(
     }
     weights_path = out / WEIGHTS_FILE
     torch.save(state, weights_path)
-    card = {
+    card: ModelCard = {
         "name": name,
         "version": version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -112,7 +112,7 @@ def save_bundle(
     return out
 
 
-def read_model_card(bundle: str | os.PathLike) -> dict[str, Any]:
+def read_model_card(bundle: str | os.PathLike) -> ModelCard:
     """The parsed model card of a bundle folder."""
     card_path = Path(bundle) / CARD_FILE
     try:
@@ -123,7 +123,7 @@ def read_model_card(bundle: str | os.PathLike) -> dict[str, Any]:
         raise BundleError(f"{card_path}: invalid JSON ({error})") from None
 
 
-def write_model_card(bundle: str | os.PathLike, card: dict[str, Any]) -> None:
+def write_model_card(bundle: str | os.PathLike, card: ModelCard) -> None:
     """Replace a bundle's model card atomically (write beside it, then rename); the weights are untouched."""
     path = Path(bundle) / CARD_FILE
     temporary = path.with_name(path.name + ".tmp")
@@ -131,7 +131,9 @@ def write_model_card(bundle: str | os.PathLike, card: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
-def load_bundle(bundle: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[FasterRCNN, dict]:
+def load_bundle(
+    bundle: str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> tuple[FasterRCNN, ModelCard]:
     """Rebuild the network from the card, load the weights (fp32), return ``(model in eval mode, card)``.
 
     The weights' SHA-256 is checked against the card, so a swapped or truncated file is refused.
@@ -144,10 +146,7 @@ def load_bundle(bundle: str | os.PathLike, *, device: str | torch.device = "cpu"
     expected = card.get("weights", {}).get("sha256")
     if expected and hashlib.sha256(weights_path.read_bytes()).hexdigest() != expected:
         raise BundleError(f"{weights_path}: SHA-256 differs from the model card (corrupt or replaced file)")
-    architecture = {k: v for k, v in card["architecture"].items() if k != "detector"}
-    if "anchor_aspect_ratios" in architecture:
-        architecture["anchor_aspect_ratios"] = tuple(architecture["anchor_aspect_ratios"])
-    model = build_detector(**architecture)
+    model = build_detector(**detector_args(card["architecture"]))
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.to(device).eval(), card
@@ -166,8 +165,8 @@ _WEIGHT_SHAPE_KEYS = (
 
 
 def load_weights_into(
-    model: torch.nn.Module, bundle: str | os.PathLike, architecture: dict[str, Any]
-) -> dict:
+    model: torch.nn.Module, bundle: str | os.PathLike, architecture: Architecture
+) -> ModelCard:
     """Start ``model`` (built from ``architecture``) from a bundle's weights, for fine-tuning.
 
     Raises :class:`BundleError` with the differing keys when the bundle's network has another shape
@@ -185,7 +184,8 @@ def load_weights_into(
     return card
 
 
-def _comparable(value: Any) -> Any:
+def _comparable(value: object) -> object:
+    """``value`` with a tuple as a list, so that a card's JSON list equals the run's tuple."""
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -20,11 +20,12 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
 from covidet.detection.bundle import CARD_FILE, load_bundle
+from covidet.detection.card import DecisionSection
 from covidet.detection.data import ImageRecord, load_records
 from covidet.detection.decision import (
     choose_threshold,
@@ -38,11 +39,45 @@ from covidet.detection.decision import (
 )
 from covidet.detection.engine import evaluate_detections
 from covidet.detection.evaluate import infer_records
-from covidet.detection.metrics import image_level_metrics
+from covidet.detection.metrics import ImageLevelMetrics, image_level_metrics
 
-__all__ = ["calibrate_bundle", "cross_fitted_metrics", "patient_folds"]
+__all__ = [
+    "CalibratedDecision",
+    "CrossFitted",
+    "FoldFit",
+    "calibrate_bundle",
+    "cross_fitted_metrics",
+    "patient_folds",
+]
 
 logger = logging.getLogger(__name__)
+
+
+class FoldFit(TypedDict):
+    """What one fold of :func:`cross_fitted_metrics` fitted on the other folds."""
+
+    fold: int
+    n: int
+    threshold: float
+    temperature: float
+
+
+class CrossFitted(TypedDict):
+    """:func:`cross_fitted_metrics`: the folds' fits and the out-of-fold image-level figures."""
+
+    folds: list[FoldFit]
+    accuracy: float
+    macro_f1: float
+    covid19_sensitivity: float | None
+    covid19_specificity: float | None
+    ece: float
+
+
+class CalibratedDecision(DecisionSection, total=False):
+    """What :func:`calibrate_bundle` returns: the new ``decision`` section and the image-level
+    metrics at the fitted operating point."""
+
+    metrics: ImageLevelMetrics
 
 
 def patient_folds(records: Sequence[ImageRecord], folds: int) -> np.ndarray:
@@ -54,11 +89,11 @@ def patient_folds(records: Sequence[ImageRecord], folds: int) -> np.ndarray:
 
 def cross_fitted_metrics(
     evidence: np.ndarray, y_true: np.ndarray, fold: np.ndarray, *, target_covid_sensitivity: float
-) -> dict[str, Any]:
+) -> CrossFitted:
     """Image-level metrics of out-of-fold decisions (threshold and temperature fitted on the other folds)."""
     predicted = np.zeros(len(y_true), np.int64)
     probabilities = np.zeros((len(y_true), 3), np.float64)
-    fitted = []
+    fitted: list[FoldFit] = []
     for k in np.unique(fold):
         held, rest = fold == k, fold != k
         if not (y_true[rest] == 0).any():
@@ -95,7 +130,7 @@ def calibrate_bundle(
     device: str = "cpu",
     show_progress: bool = True,
     write: bool = True,
-) -> dict[str, Any]:
+) -> CalibratedDecision:
     """Fit threshold and temperature on ``split``, write them (and the new figures) into the card.
 
     Returns the new ``decision`` section. ``split`` must not be a test split: the fit would tune to it.
@@ -148,7 +183,7 @@ def calibrate_bundle(
         temperature=temperature,
         image_weight=image_weight,
     )
-    decision = {
+    decision: DecisionSection = {
         "rule": rule_name(image_weight),
         "threshold": threshold,
         "temperature": temperature,

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from covidet.detection.card import ModelCard
 from covidet.domain import CLASS_NAMES, Assessment
 
 __all__ = [
@@ -80,7 +81,7 @@ def combined_evidence(
     return (1.0 - image_weight) * evidence + image_weight * image
 
 
-def image_weight_of(card: dict) -> float:
+def image_weight_of(card: ModelCard) -> float:
     """The model card's ``decision.image_weight`` (0 for bundles without an image head)."""
     return float(card.get("decision", {}).get("image_weight", 0.0))
 

@@ -10,18 +10,26 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from covidet.detection.card import DecisionSection
 from covidet.detection.decision import DEFAULT_THRESHOLD, assess, rule_name
-from covidet.detection.metrics import ImageDetections, coco_detection_metrics, image_level_metrics
+from covidet.detection.metrics import (
+    CocoMetrics,
+    ImageDetections,
+    ImageLevelMetrics,
+    coco_detection_metrics,
+    image_level_metrics,
+)
 from covidet.domain import CLASS_NAMES, Assessment, model_id_from_label
 
 __all__ = [
+    "EvaluationReport",
     "EvaluationResult",
     "NonFiniteLossError",
     "detections_from_output",
@@ -174,11 +182,27 @@ def run_inference(
     return predictions, ground_truth, image_labels, seconds / max(len(predictions), 1)
 
 
+class EvaluationReport(TypedDict):
+    """The metrics report of one split (:func:`evaluate_detections`), JSON-ready.
+
+    ``detection`` (per class) and ``lung_detection`` (class-agnostic) are COCO box metrics over the
+    images with ground-truth boxes, ``None`` when there is none; ``image`` the image-level metrics of the
+    decision rule, whose parameters ``decision`` records.
+    """
+
+    n_images: int
+    n_images_with_boxes: int
+    detection: CocoMetrics | None
+    lung_detection: CocoMetrics | None
+    image: ImageLevelMetrics
+    decision: DecisionSection
+
+
 @dataclass
 class EvaluationResult:
     """Metrics report (JSON-ready) plus the arrays the plots need and the per-image decisions."""
 
-    report: dict[str, Any]
+    report: EvaluationReport
     y_true: np.ndarray
     probabilities: np.ndarray
     assessments: list[Assessment]
@@ -204,11 +228,11 @@ def evaluate_detections(
     annotated = [i for i, gt in enumerate(ground_truth) if len(gt.boxes)]
     gt_boxed = [ground_truth[i] for i in annotated]
     pred_boxed = [predictions[i] for i in annotated]
+    detection: CocoMetrics | None = None
+    lung: CocoMetrics | None = None
     if gt_boxed:
         detection = coco_detection_metrics(gt_boxed, pred_boxed)
         lung = coco_detection_metrics(gt_boxed, pred_boxed, class_agnostic=True)
-    else:
-        detection = lung = None
     assessments = [
         assess(
             p.labels,
@@ -223,7 +247,7 @@ def evaluate_detections(
     probabilities = np.array([[a.probabilities[c] for c in CLASS_NAMES] for a in assessments], np.float64)
     y_pred = [model_id_from_label(a.label) - 1 for a in assessments]
     image = image_level_metrics(image_labels, probabilities.reshape(-1, len(CLASS_NAMES)), y_pred=y_pred)
-    report = {
+    report: EvaluationReport = {
         "n_images": len(predictions),
         "n_images_with_boxes": len(gt_boxed),
         "detection": detection,
@@ -241,11 +265,11 @@ def evaluate_detections(
     )
 
 
-def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
+def summary_metrics(report: EvaluationReport) -> dict[str, float]:
     """Flat scalar metrics of a report for logs and model selection (missing values are NaN)."""
     image = report["image"]
-    detection = report.get("detection") or {}
-    lung = report.get("lung_detection") or {}
+    detection = report.get("detection")
+    lung = report.get("lung_detection")
     per_class = image["per_class"]
     return {
         "accuracy": image["accuracy"],
@@ -254,9 +278,9 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
         "ece": image["ece"],
         "covid19_sensitivity": _nan(per_class["covid19"]["sensitivity"]),
         "covid19_specificity": _nan(per_class["covid19"]["specificity"]),
-        "map": _nan(detection.get("map")),
-        "map50": _nan(detection.get("map50")),
-        "lung_map50": _nan(lung.get("map50")),
+        "map": _nan(detection["map"] if detection else None),
+        "map50": _nan(detection["map50"] if detection else None),
+        "lung_map50": _nan(lung["map50"] if lung else None),
     }
 
 

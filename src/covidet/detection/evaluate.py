@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -18,10 +18,22 @@ from covidet import DISCLAIMER
 from covidet.detection.bundle import load_bundle
 from covidet.detection.data import DetectionDataset, ImageRecord, collate_detection, load_records
 from covidet.detection.decision import DEFAULT_THRESHOLD, assess, image_weight_of
-from covidet.detection.engine import evaluate_detections, run_inference
-from covidet.detection.metrics import ImageDetections, disease_boxes_on_lungs, save_metric_plots
+from covidet.detection.engine import EvaluationReport, evaluate_detections, run_inference
+from covidet.detection.metrics import (
+    ImageDetections,
+    LungOverlap,
+    disease_boxes_on_lungs,
+    save_metric_plots,
+)
 from covidet.detection.predictor import DEFAULT_MIN_SCORE
-from covidet.detection.shortcuts import geometry_baseline, v1_rows_metrics, within_source_metrics
+from covidet.detection.shortcuts import (
+    GeometryBaseline,
+    LabelSummary,
+    WithinSource,
+    geometry_baseline,
+    v1_rows_metrics,
+    within_source_metrics,
+)
 from covidet.detection.transforms import (
     Compose,
     CropBorder,
@@ -31,12 +43,67 @@ from covidet.detection.transforms import (
 )
 from covidet.domain import CLASS_NAMES
 
-__all__ = ["evaluate_bundle", "infer_records", "saliency_on_lungs"]
+__all__ = [
+    "BundleEvaluation",
+    "SaliencySummary",
+    "evaluate_bundle",
+    "infer_records",
+    "saliency_on_lungs",
+]
 
 logger = logging.getLogger(__name__)
 
 #: A deterministic ``(image, target) -> (image, target)`` transform (:mod:`covidet.detection.transforms`).
 Transform = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class SaliencyClass(TypedDict):
+    """Grad-CAM mass on the lungs for one disease class (``None`` without findings)."""
+
+    findings: int
+    mass_in_lungs_median: float | None
+    mass_in_lungs_mean: float | None
+    lung_area_share_median: float | None
+    lung_area_share_mean: float | None
+
+
+class SaliencySummary(TypedDict):
+    """The report of :func:`saliency_on_lungs`."""
+
+    method: str
+    min_score: float
+    per_image: int
+    covid19: SaliencyClass
+    pneumonia: SaliencyClass
+    not_reproduced: int
+
+
+class ModelRef(TypedDict):
+    """The evaluated model: its card's name and version, and the bundle folder."""
+
+    name: str | None
+    version: str | None
+    bundle: str
+
+
+class BundleEvaluation(EvaluationReport):
+    """``report.json`` of :func:`evaluate_bundle`: the split's :class:`EvaluationReport` and the figures
+    the docstring of :func:`evaluate_bundle` lists."""
+
+    model: ModelRef
+    split: str
+    tier: str | None
+    created: str
+    per_source: dict[str, dict[str, int | float]]
+    v1_rows: LabelSummary | None
+    within_source: dict[str, WithinSource]
+    geometry_baseline: GeometryBaseline | None
+    stability_probes: dict[str, dict[str, float]]
+    disease_boxes_on_lungs: LungOverlap
+    stability: dict[str, float] | None
+    saliency_on_lungs: SaliencySummary | None
+    seconds_per_image: float
+    disclaimer: str
 
 
 def infer_records(
@@ -67,7 +134,7 @@ def saliency_on_lungs(
     min_score: float = DEFAULT_MIN_SCORE,
     per_image: int = 2,
     show_progress: bool = True,
-) -> dict[str, Any]:
+) -> SaliencySummary:
     """Where the evidence for disease findings lies: Grad-CAM mass inside the annotated lung boxes.
 
     For each image with lung boxes, its ``per_image`` highest-scoring covid19/pneumonia detections
@@ -106,19 +173,25 @@ def saliency_on_lungs(
                 not_reproduced += 1
                 continue
             shares[CLASS_NAMES[prediction.labels[j] - 1]].append((mass_inside(heat, lungs), area))
-    summary: dict[str, Any] = {"method": "grad-cam", "min_score": min_score, "per_image": per_image}
+    per_class: dict[str, SaliencyClass] = {}
     for name, values in shares.items():
         inside = np.array([v[0] for v in values])
         area = np.array([v[1] for v in values])
-        summary[name] = {
+        per_class[name] = {
             "findings": len(values),
             "mass_in_lungs_median": float(np.median(inside)) if len(values) else None,
             "mass_in_lungs_mean": float(inside.mean()) if len(values) else None,
             "lung_area_share_median": float(np.median(area)) if len(values) else None,
             "lung_area_share_mean": float(area.mean()) if len(values) else None,
         }
-    summary["not_reproduced"] = not_reproduced
-    return summary
+    return {
+        "method": "grad-cam",
+        "min_score": min_score,
+        "per_image": per_image,
+        "covid19": per_class["covid19"],
+        "pneumonia": per_class["pneumonia"],
+        "not_reproduced": not_reproduced,
+    }
 
 
 def evaluate_bundle(
@@ -135,7 +208,7 @@ def evaluate_bundle(
     shape_probes: bool = True,
     baseline_split: str | None = "train",
     saliency: bool = False,
-) -> dict[str, Any]:
+) -> BundleEvaluation:
     """Run ``bundle`` on every image of ``split`` and compute box and image-level metrics.
 
     Also reports accuracy per data source (``per_source``: a model that reads the source instead of the
@@ -216,7 +289,7 @@ def evaluate_bundle(
     if baseline_split:
         baseline = geometry_baseline(load_records(data, split=baseline_split, tier=tier), records)
         baseline["fitted_on"] = baseline_split
-    report = {
+    report: BundleEvaluation = {
         "model": {"name": card.get("name"), "version": card.get("version"), "bundle": str(bundle)},
         "split": split,
         "tier": tier,

@@ -7,9 +7,8 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,10 +17,15 @@ from torchvision.utils import draw_bounding_boxes
 
 from covidet import DISCLAIMER
 from covidet.detection.bundle import BundleError, default_bundle_path, load_bundle
+from covidet.detection.card import ModelCard
 from covidet.detection.decision import DEFAULT_THRESHOLD, assess, image_weight_of
+from covidet.detection.prediction import Prediction
 from covidet.detection.transforms import resize_image
-from covidet.domain import CLASS_NAMES, Assessment, Box, Finding, Label, label_from_model_id
+from covidet.domain import CLASS_NAMES, Box, Finding, label_from_model_id
 from covidet.imaging import XRayImage
+
+if TYPE_CHECKING:  # PIL is imported where a picture is drawn
+    from PIL.Image import Image as PILImage
 
 __all__ = ["DEFAULT_MIN_SCORE", "Prediction", "Predictor", "draw_prediction", "draw_saliency"]
 
@@ -33,47 +37,6 @@ DEFAULT_MIN_SCORE = 0.3
 FINDING_NMS_IOU = 0.5
 
 _COLOURS = {"covid19": "#ff4040", "pneumonia": "#ffb000", "normal": "#40c040"}
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The model's output for one image. Boxes are ``[x1, y1, x2, y2]`` in original-image pixels."""
-
-    findings: list[Finding]
-    assessment: Assessment
-    seconds: float
-    #: The image head's own probabilities (covid19 / pneumonia / normal), before they are mixed with the
-    #: box evidence; ``None`` for a model without an image head.
-    image_head_probabilities: dict[Label, float] | None = None
-    #: The weight the decision rule gave them (``decision.image_weight`` in the model card).
-    image_weight: float = 0.0
-
-    def to_json(self, *, model_name: str, model_version: str) -> dict[str, Any]:
-        """The JSON record of ``covidet predict`` (without ``file``). ``assessment.image_head`` is present
-        only for a model with an image head: its own probabilities and the weight rule v2 gave them."""
-        assessment: dict[str, Any] = {
-            "label": self.assessment.label.value,
-            "probabilities": {k.value: round(v, 6) for k, v in self.assessment.probabilities.items()},
-            "threshold": self.assessment.threshold,
-        }
-        if self.image_head_probabilities is not None:
-            assessment["image_head"] = {
-                "probabilities": {k.value: round(v, 6) for k, v in self.image_head_probabilities.items()},
-                "weight": self.image_weight,
-            }
-        return {
-            "assessment": assessment,
-            "findings": [
-                {
-                    "box": [round(c, 1) for c in f.box.as_list()],
-                    "label": f.label.value,
-                    "score": round(f.score, 4),
-                }
-                for f in self.findings
-            ],
-            "model": {"name": model_name, "version": model_version},
-            "disclaimer": DISCLAIMER,
-        }
 
 
 class Predictor:
@@ -91,7 +54,7 @@ class Predictor:
     def __init__(
         self,
         model: torch.nn.Module,
-        card: dict[str, Any],
+        card: ModelCard,
         *,
         device: str | torch.device = "cpu",
         min_score: float = DEFAULT_MIN_SCORE,
@@ -123,7 +86,8 @@ class Predictor:
         *,
         device: str = "cpu",
         backend: str | None = None,
-        **kwargs: Any,
+        min_score: float = DEFAULT_MIN_SCORE,
+        threshold: float | None = None,
     ) -> Predictor:
         """Load ``bundle`` (default: :func:`default_bundle_path`).
 
@@ -132,7 +96,8 @@ class Predictor:
         that the model card records as parity-passing and whose artefacts (made by ``covidet export``
         from these weights) are present, else torch. A named runtime that is missing, or has no such
         variant, falls back to torch with a warning. Accelerated runtimes are CPU-only: on another
-        ``device`` torch runs.
+        ``device`` torch runs. ``min_score`` and ``threshold`` go to :class:`Predictor` (``None``: the
+        card's threshold).
         """
         path = Path(bundle) if bundle is not None else default_bundle_path()
         if path is None:
@@ -149,7 +114,7 @@ class Predictor:
 
             backend = get_settings().backend
         model, name = _choose_engine(model, card, path, backend, torch.device(device))
-        return cls(model, card, device=device, backend=name, **kwargs)
+        return cls(model, card, device=device, backend=name, min_score=min_score, threshold=threshold)
 
     @property
     def name(self) -> str:
@@ -265,7 +230,7 @@ class Predictor:
 
 
 def _choose_engine(
-    model: torch.nn.Module, card: dict[str, Any], bundle: Path, backend: str, device: torch.device
+    model: torch.nn.Module, card: ModelCard, bundle: Path, backend: str, device: torch.device
 ) -> tuple[torch.nn.Module, str]:
     """``(model to run, its name)`` for the ``backend`` setting; see :meth:`Predictor.from_bundle`."""
     from covidet.detection.accelerated import (
@@ -325,7 +290,8 @@ def draw_prediction(xray: XRayImage, prediction: Prediction, path: str | os.Path
     return _save(picture, path)
 
 
-def _save(picture: Any, path: str | os.PathLike) -> Path:
+def _save(picture: PILImage, path: str | os.PathLike) -> Path:
+    """Write ``picture`` to ``path`` (its folder created when missing); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)

@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from covidet.detection.transforms import Compose, RandomContrast, RandomResoluti
 __all__ = [
     "BACKBONE_FORMAT",
     "BackboneFileError",
+    "BackboneFileMeta",
     "ContrastiveViews",
     "PretrainConfig",
     "PretrainResult",
@@ -85,6 +86,18 @@ class PretrainConfig(BaseModel):
     seed: int = Field(0, description="seed of Python, NumPy and torch")
     workers: int = Field(1, ge=0, description="data-loading worker processes")
     show_progress: bool = Field(True, description="progress bar per epoch")
+
+
+class BackboneFileMeta(TypedDict):
+    """What ``backbone.pt`` holds besides the ``state_dict`` (:func:`load_backbone_weights` returns it):
+    its format tag, the backbone and norm it was pretrained for, the run's options and per-epoch
+    history (``epoch``, ``loss``, ``pair_accuracy``, ``lr``, ``seconds``)."""
+
+    format: str
+    backbone: str
+    norm: str
+    config: dict[str, object]
+    history: list[dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -181,7 +194,7 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> tuple[t
     return loss, accuracy
 
 
-def load_backbone_weights(model: nn.Module, path: Path, *, backbone: str, norm: str) -> dict[str, Any]:
+def load_backbone_weights(model: nn.Module, path: Path, *, backbone: str, norm: str) -> BackboneFileMeta:
     """Load ``backbone.pt`` (from :func:`pretrain`) into ``model.backbone.body``.
 
     Raises :class:`BackboneFileError` (a message for the user) when the file is not a covidet backbone
@@ -201,7 +214,7 @@ def load_backbone_weights(model: nn.Module, path: Path, *, backbone: str, norm: 
             f"but this model is {backbone} ({norm} norm)"
         )
     model.backbone.body.load_state_dict(saved["state_dict"])
-    return {key: value for key, value in saved.items() if key != "state_dict"}
+    return cast(BackboneFileMeta, {key: value for key, value in saved.items() if key != "state_dict"})
 
 
 def pretrain(config: PretrainConfig) -> PretrainResult:

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -40,6 +40,8 @@ from covidet.imaging import read_image
 __all__ = [
     "BOX_SOURCE",
     "HUMAN_BOX_SOURCES",
+    "IoUSummary",
+    "ProposalCheck",
     "ProposedBox",
     "check_proposals",
     "choose_lung_boxes",
@@ -55,6 +57,30 @@ BOX_SOURCE = "model_proposed"
 # The dataset's box sources that people drew (directly, or as lung masks): the check's ground truth.
 HUMAN_BOX_SOURCES = ("imageannotation_ai_human_bbox", "v7labs_human_lung_mask")
 CSV_COLUMNS = ("image", "label", "part", "x1", "y1", "x2", "y2", "box_source", "score")
+
+#: IoUs of human boxes with their proposals: the count and, when there is at least one box, the median
+#: and mean IoU and the shares at IoU >= 0.5, >= 0.75 and without a proposal (IoU 0).
+IoUSummary = TypedDict(
+    "IoUSummary",
+    {
+        "n_boxes": int,
+        "median_iou": float,
+        "mean_iou": float,
+        "share_iou_ge_0.5": float,
+        "share_iou_ge_0.75": float,
+        "share_missing": float,
+    },
+    total=False,
+)
+
+
+class ProposalCheck(IoUSummary, total=False):
+    """:func:`check_proposals`: images checked, the score cut, the overall :data:`IoUSummary` and one
+    per image label."""
+
+    n_images: int
+    min_score: float
+    per_label: dict[str, IoUSummary]
 
 
 @dataclass(frozen=True)
@@ -130,7 +156,7 @@ def check_proposals(
     size: int,
     min_score: float = 0.5,
     show_progress: bool = True,
-) -> dict[str, Any]:
+) -> ProposalCheck:
     """Propose boxes for ``records`` as if they had none and compare with their human boxes.
 
     Each human box (sources :data:`HUMAN_BOX_SOURCES`) is paired with the proposal of its image half;
@@ -159,7 +185,7 @@ def check_proposals(
             ious.append(iou)
             per_label.setdefault(record.label.value, []).append(iou)
 
-    def summary(values: list[float]) -> dict[str, Any]:
+    def summary(values: list[float]) -> IoUSummary:
         array = np.asarray(values, np.float64)
         if not len(array):
             return {"n_boxes": 0}
@@ -250,7 +276,9 @@ def contact_sheet(
     return path
 
 
-def proposal_counts(records: Sequence[ImageRecord], proposals: Sequence[ProposedBox]) -> dict[str, Any]:
+def proposal_counts(
+    records: Sequence[ImageRecord], proposals: Sequence[ProposedBox]
+) -> dict[str, dict[str, int]]:
     """How many of ``records`` got 0, 1 or 2 boxes, per image label."""
     boxes_per_image = Counter(p.image for p in proposals)
     counts: dict[str, dict[str, int]] = {}

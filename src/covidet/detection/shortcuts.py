@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 from PIL import Image
@@ -26,8 +26,14 @@ from PIL import Image
 from covidet.detection.data import ImageRecord
 from covidet.domain import CLASS_NAMES, Assessment, Label
 
+if TYPE_CHECKING:  # evaluate imports this module: the report type is for annotations only
+    from covidet.detection.evaluate import BundleEvaluation
+
 __all__ = [
     "DATA_V2_SOURCES",
+    "GeometryBaseline",
+    "LabelSummary",
+    "WithinSource",
     "format_shortcut_guards",
     "geometry_baseline",
     "label_summary",
@@ -39,6 +45,39 @@ __all__ = [
 #: row is unchanged from version 1.
 DATA_V2_SOURCES = frozenset({"nih_cxr8", "mhh_hannover"})
 
+
+class LabelSummary(TypedDict):
+    """:func:`label_summary`: figures of decided labels; an undefined ratio is ``None``."""
+
+    n: int
+    accuracy: float | None
+    macro_f1: float | None
+    covid19_sensitivity: float | None
+    covid19_specificity: float | None
+    support: dict[str, int]
+
+
+class GeometryBaseline(LabelSummary, total=False):
+    """:func:`geometry_baseline`: its :class:`LabelSummary`, accuracy per source, the number of images
+    it was fitted on, and (added by the evaluation) the split it was fitted on."""
+
+    per_source: dict[str, float | None]
+    n_train: int
+    fitted_on: str
+
+
+class WithinSource(TypedDict):
+    """One source of :func:`within_source_metrics`: its two most frequent classes, compared."""
+
+    classes: list[str]
+    n: int
+    support: dict[str, int]
+    accuracy: float
+    auc: float
+    majority: float
+    accuracy_3class: float
+
+
 _COVID = Label.COVID19.value
 
 
@@ -46,7 +85,7 @@ def _ratio(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def label_summary(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, Any]:
+def label_summary(y_true: Sequence[str], y_pred: Sequence[str]) -> LabelSummary:
     """Accuracy, macro F1 (over the classes present in ``y_true``) and Covid-19 sensitivity/specificity
     of decided labels (strings from ``CLASS_NAMES``). Undefined ratios are ``None``."""
     from sklearn.metrics import f1_score
@@ -71,7 +110,7 @@ def label_summary(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, Any
     }
 
 
-def v1_rows_metrics(records: Sequence[ImageRecord], decided: Sequence[str]) -> dict[str, Any] | None:
+def v1_rows_metrics(records: Sequence[ImageRecord], decided: Sequence[str]) -> LabelSummary | None:
     """:func:`label_summary` on the records not from :data:`DATA_V2_SOURCES`; ``None`` when the split
     holds no such record or only such records (then the figure would repeat the overall one)."""
     keep = [i for i, r in enumerate(records) if r.source not in DATA_V2_SOURCES]
@@ -82,7 +121,7 @@ def v1_rows_metrics(records: Sequence[ImageRecord], decided: Sequence[str]) -> d
 
 def within_source_metrics(
     records: Sequence[ImageRecord], assessments: Sequence[Assessment]
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, WithinSource]:
     """Per source with two or more classes: how well the model separates its two most frequent classes.
 
     For the images of those two classes (``a``, ``b``; images of a third class left out), the two-class
@@ -96,7 +135,7 @@ def within_source_metrics(
     by_source: dict[str, list[int]] = {}
     for index, record in enumerate(records):
         by_source.setdefault(record.source or "unknown", []).append(index)
-    result: dict[str, dict[str, Any]] = {}
+    result: dict[str, WithinSource] = {}
     for source, indices in sorted(by_source.items()):
         counts = Counter(records[i].label.value for i in indices)
         if len(counts) < 2:
@@ -132,7 +171,7 @@ def _geometry(records: Sequence[ImageRecord]) -> np.ndarray:
 
 def geometry_baseline(
     train_records: Sequence[ImageRecord], eval_records: Sequence[ImageRecord], *, seed: int = 0
-) -> dict[str, Any]:
+) -> GeometryBaseline:
     """A random forest (200 trees, scikit-learn defaults otherwise) on width, height and aspect ratio of
     ``train_records``, scored with :func:`label_summary` on ``eval_records``: the accuracy that image
     geometry alone buys on this split. A model should beat it on every source."""
@@ -141,8 +180,7 @@ def geometry_baseline(
     forest = RandomForestClassifier(n_estimators=200, random_state=seed)
     forest.fit(_geometry(train_records), [r.label.value for r in train_records])
     predicted = [str(label) for label in forest.predict(_geometry(eval_records))]
-    summary = label_summary([r.label.value for r in eval_records], predicted)
-    summary["per_source"] = {
+    per_source = {
         source: _ratio(
             sum(
                 p == r.label.value for r, p in zip(eval_records, predicted, strict=True) if r.source == source
@@ -151,7 +189,11 @@ def geometry_baseline(
         )
         for source in sorted({r.source for r in eval_records})
     }
-    summary["n_train"] = len(train_records)
+    summary: GeometryBaseline = {
+        **label_summary([r.label.value for r in eval_records], predicted),
+        "per_source": per_source,
+        "n_train": len(train_records),
+    }
     return summary
 
 
@@ -159,7 +201,7 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def format_shortcut_guards(report: dict[str, Any]) -> str:
+def format_shortcut_guards(report: BundleEvaluation) -> str:
     """A few lines a reader checks first: the model beside the geometry baseline, per source, on the
     version-1 rows, within each source and under the stability probes (from an evaluation report)."""
     image = report["image"]
@@ -188,11 +230,11 @@ def format_shortcut_guards(report: dict[str, Any]) -> str:
         lines.append(
             f"  source {source}: {entry['correct']}/{entry['n']} = {_pct(entry['accuracy'])}{against}"
         )
-    for source, entry in report.get("within_source", {}).items():
-        a, b = entry["classes"]
+    for source, pair in report.get("within_source", {}).items():
+        a, b = pair["classes"]
         lines.append(
-            f"  within {source}, {a} vs {b} ({entry['n']}): accuracy {_pct(entry['accuracy'])}, "
-            f"AUC {entry['auc']:.3f} (majority {_pct(entry['majority'])})"
+            f"  within {source}, {a} vs {b} ({pair['n']}): accuracy {_pct(pair['accuracy'])}, "
+            f"AUC {pair['auc']:.3f} (majority {_pct(pair['majority'])})"
         )
     for name, probe in report.get("stability_probes", {}).items():
         lines.append(f"  labels unchanged under {name}: {_pct(probe['unchanged'])}")

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -27,11 +27,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from covidet.detection._seeding import seed_everything, worker_init
 from covidet.detection.bundle import BundleError, load_weights_into
+from covidet.detection.card import Architecture, detector_args
 from covidet.detection.data import dataset_hash
 from covidet.detection.engine import train_one_epoch
 from covidet.detection.model import build_detector
 from covidet.detection.pretrain import load_backbone_weights
-from covidet.detection.train_config import TrainConfig, TrainResult
+from covidet.detection.train_config import MetricsRow, TrainConfig, TrainResult
 from covidet.detection.train_data import (
     LUNG_CLASS,
     BalancedSampler,
@@ -87,7 +88,7 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), world_size
 
 
-def _warmup_cosine(warmup: int, total: int):
+def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -97,8 +98,9 @@ def _warmup_cosine(warmup: int, total: int):
     return factor
 
 
-def _architecture(config: TrainConfig) -> dict[str, Any]:
-    architecture: dict[str, Any] = {
+def _architecture(config: TrainConfig) -> Architecture:
+    """The card's ``architecture`` for ``config``: the :func:`build_detector` arguments of the run."""
+    architecture: Architecture = {
         "backbone": config.backbone,
         "norm": config.norm,
         "min_size": config.size,
@@ -116,13 +118,11 @@ def _architecture(config: TrainConfig) -> dict[str, Any]:
 
 
 def _build_model(
-    config: TrainConfig, architecture: dict[str, Any], device: torch.device, world_size: int
+    config: TrainConfig, architecture: Architecture, device: torch.device, world_size: int
 ) -> torch.nn.Module:
     """The detector of ``architecture`` on ``device`` (channels-last), started from ``init_backbone``
     or ``init_model`` unless resuming; BatchNorm synchronised across GPUs under DDP."""
-    model = build_detector(
-        **{**architecture, "anchor_aspect_ratios": tuple(architecture["anchor_aspect_ratios"])}
-    )
+    model = build_detector(**detector_args(architecture))
     if config.init_backbone is not None and config.resume is None:
         pretrained = load_backbone_weights(
             model, config.init_backbone, backbone=config.backbone, norm=config.norm
@@ -233,7 +233,7 @@ def train(config: TrainConfig) -> TrainResult:
         )
         out_of_time = deadline is not None and time.monotonic() > deadline
         validate_now = epoch % config.val_every == 0 or epoch == config.epochs or out_of_time
-        row: dict[str, Any] = {
+        row: MetricsRow = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
             **{f"train_{k}": v for k, v in losses.items()},

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, TypeAlias
 
 from pydantic import BaseModel, Field
 
 from covidet.detection.decision import DEFAULT_THRESHOLD
 from covidet.detection.model import Backbone, Norm
 
-__all__ = ["Monitor", "TrainConfig", "TrainResult"]
+__all__ = ["MetricsRow", "Monitor", "TrainConfig", "TrainResult"]
 
 Monitor = Literal["macro_f1", "accuracy", "macro_auc", "map50", "map", "lung_map50"]
+#: One epoch of ``metrics.csv`` and of the history: ``epoch``, ``lr``, ``train_*`` losses, ``val_*``
+#: metrics (NaN where undefined) on validated epochs, ``seconds``.
+MetricsRow: TypeAlias = dict[str, float]
 
 
 class TrainConfig(BaseModel):
@@ -124,5 +127,5 @@ class TrainResult:
     bundle: Path | None
     best_epoch: int
     best_metric: float
-    history: list[dict[str, Any]]
+    history: list[MetricsRow]
     stopped_because: str

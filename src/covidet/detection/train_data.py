@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -198,15 +198,15 @@ def build_loaders(
         sampler = torch.utils.data.RandomSampler(
             train_set, generator=torch.Generator().manual_seed(config.seed)
         )
-    loader_args: dict[str, Any] = {
-        "num_workers": config.workers,
-        "collate_fn": collate_detection,
-        "worker_init_fn": worker_init,
-        "persistent_workers": config.workers > 0,
-        "pin_memory": device.type == "cuda",
-    }
-    train_loader = DataLoader(
-        train_set, batch_size=config.batch_size, sampler=sampler, drop_last=False, **loader_args
+    # The options both loaders share.
+    loader = partial(
+        DataLoader,
+        num_workers=config.workers,
+        collate_fn=collate_detection,
+        worker_init_fn=worker_init,
+        persistent_workers=config.workers > 0,
+        pin_memory=device.type == "cuda",
     )
-    val_loader = DataLoader(val_set, batch_size=1, shuffle=False, **loader_args)
+    train_loader = loader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=False)
+    val_loader = loader(val_set, batch_size=1, shuffle=False)
     return sampler, train_loader, val_loader

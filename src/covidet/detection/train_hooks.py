@@ -17,17 +17,20 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import torch
 from torch.utils.data import DataLoader
 
 from covidet.detection.bundle import save_bundle
+from covidet.detection.card import Architecture
 from covidet.detection.decision import rule_name
-from covidet.detection.engine import evaluate_detections, run_inference, summary_metrics
-from covidet.detection.train_config import TrainConfig
+from covidet.detection.engine import EvaluationReport, evaluate_detections, run_inference, summary_metrics
+from covidet.detection.train_config import MetricsRow, TrainConfig
 
 __all__ = [
+    "BestCheckpoint",
+    "LastCheckpoint",
     "TrainState",
     "decision_image_weight",
     "end_epoch",
@@ -41,6 +44,38 @@ __all__ = [
 logger = logging.getLogger("covidet.detection.train")
 
 
+class RandomState(TypedDict):
+    """The random state a checkpoint restores: Python's ``random`` and torch's CPU generator."""
+
+    python: tuple[object, ...]
+    torch: torch.Tensor
+
+
+class BestCheckpoint(TypedDict):
+    """``best.pt``: the weights of the best validation so far, its epoch, the run's options (JSON) and
+    its validation report."""
+
+    model: dict[str, torch.Tensor]
+    epoch: int
+    config: dict[str, object]
+    report: EvaluationReport
+
+
+class LastCheckpoint(TypedDict):
+    """``last.pt``: everything :func:`resume` needs to continue after ``epoch``."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, object]
+    lr_scheduler: dict[str, object]
+    epoch: int
+    config: dict[str, object]
+    best_metric: float
+    best_epoch: int
+    stale_validations: int
+    history: list[MetricsRow]
+    rng: RandomState
+
+
 @dataclass
 class TrainState:
     """Where the run stands: what ``last.pt`` keeps besides the weights, optimiser and schedule."""
@@ -49,7 +84,7 @@ class TrainState:
     best_metric: float = -math.inf
     best_epoch: int = 0
     stale: int = 0  # validations in a row without a gain of the monitored metric
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[MetricsRow] = field(default_factory=list)
     stopped_because: str = "max epochs"
 
 
@@ -61,7 +96,7 @@ def resume(
 ) -> TrainState:
     """Load ``last.pt``-style checkpoint ``path`` into the model, optimiser and schedule, restore the
     random state, and return the state to continue from (the epoch after the saved one)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint: LastCheckpoint = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["lr_scheduler"])
@@ -86,7 +121,7 @@ def validate(
     device: torch.device,
     epoch: int,
     losses: dict[str, float],
-    row: dict[str, Any],
+    row: MetricsRow,
     state: TrainState,
 ) -> bool:
     """Validate, add the ``val_*`` metrics to ``row``, save ``best.pt`` when the monitored metric
@@ -107,15 +142,13 @@ def validate(
     improved = not math.isnan(value) and value > state.best_metric
     if improved:
         state.best_metric, state.best_epoch, state.stale = value, epoch, 0
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "epoch": epoch,
-                "config": config.model_dump(mode="json"),
-                "report": result.report,
-            },
-            config.out / "best.pt",
-        )
+        best: BestCheckpoint = {
+            "model": model.state_dict(),
+            "epoch": epoch,
+            "config": config.model_dump(mode="json"),
+            "report": result.report,
+        }
+        torch.save(best, config.out / "best.pt")
     else:
         state.stale += 1
     logger.info(
@@ -140,7 +173,7 @@ def end_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: TrainConfig,
     epoch: int,
-    row: dict[str, Any],
+    row: MetricsRow,
     started: float,
     state: TrainState,
 ) -> None:
@@ -149,24 +182,23 @@ def end_epoch(
     row["seconds"] = round(time.monotonic() - started, 1)
     state.history.append(row)
     write_metrics_row(config.out / "metrics.csv", row)
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "config": config.model_dump(mode="json"),
-            "best_metric": state.best_metric,
-            "best_epoch": state.best_epoch,
-            "stale_validations": state.stale,
-            "history": state.history,
-            "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
-        },
-        config.out / "last.pt",
-    )
+    last: LastCheckpoint = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "config": config.model_dump(mode="json"),
+        "best_metric": state.best_metric,
+        "best_epoch": state.best_epoch,
+        "stale_validations": state.stale,
+        "history": state.history,
+        "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+    }
+    torch.save(last, config.out / "last.pt")
 
 
-def write_metrics_row(path: Path, row: dict[str, Any]) -> None:
+def write_metrics_row(path: Path, row: MetricsRow) -> None:
+    """Append ``row`` to the CSV file ``path``, with a header first when the file is new."""
     new = not path.exists()
     with path.open("a", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(row))
@@ -183,7 +215,7 @@ def decision_image_weight(config: TrainConfig) -> float:
 def write_final_bundle(
     config: TrainConfig,
     model: torch.nn.Module,
-    architecture: dict[str, Any],
+    architecture: Architecture,
     data_hash: str,
     n_train: int,
     last_epoch: int,
@@ -191,10 +223,10 @@ def write_final_bundle(
 ) -> Path:
     """Bundle the best validated checkpoint (or the last weights when none was validated)."""
     best_path = config.out / "best.pt"
-    report: dict[str, Any] = {}
+    report: EvaluationReport | None = None
     best_epoch = last_epoch
     if best_path.exists():
-        best = torch.load(best_path, map_location="cpu", weights_only=False)
+        best: BestCheckpoint = torch.load(best_path, map_location="cpu", weights_only=False)
         model.load_state_dict(best["model"])
         report, best_epoch = best["report"], best["epoch"]
     model.to("cpu")

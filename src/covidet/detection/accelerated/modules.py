@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 
@@ -22,7 +23,7 @@ from covidet.detection.accelerated.runtime import Graph
 __all__ = ["RuntimeBackbone", "RuntimeBoxHead", "RuntimeRPNHead", "accelerate"]
 
 
-def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+def _as_numpy(tensor: torch.Tensor) -> NDArray[np.float32]:
     # Runtimes read NCHW float32; channels_last torch tensors are re-laid out here.
     return tensor.detach().to(torch.float32).contiguous().cpu().numpy()
 

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 from covidet.detection.accelerated.runtime import RuntimeUnavailableError, default_threads
 
@@ -32,5 +33,5 @@ class OnnxRuntimeGraph:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run(self, inputs: Sequence[NDArray[np.float32]]) -> list[NDArray[np.float32]]:
         return self.session.run(None, dict(zip(self.input_names, inputs, strict=True)))

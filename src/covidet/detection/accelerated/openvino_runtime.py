@@ -7,11 +7,15 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import NDArray
 
 from covidet.detection.accelerated.runtime import RuntimeUnavailableError, default_threads
+
+if TYPE_CHECKING:  # openvino is optional: imported when a graph is opened
+    from openvino import CompiledModel, InferRequest
 
 __all__ = ["OpenVINOGraph"]
 
@@ -52,11 +56,11 @@ class OpenVINOGraph:
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         }
         self._max_shapes = max_shapes
-        self._compiled: OrderedDict[tuple[tuple[int, ...], ...], Any] = OrderedDict()
+        self._compiled: OrderedDict[tuple[tuple[int, ...], ...], CompiledModel] = OrderedDict()
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def _compiled_for(self, shapes: tuple[tuple[int, ...], ...]) -> Any:
+    def _compiled_for(self, shapes: tuple[tuple[int, ...], ...]) -> CompiledModel:
         with self._lock:
             compiled = self._compiled.get(shapes)
             if compiled is not None:
@@ -73,12 +77,14 @@ class OpenVINOGraph:
             logger.debug("compiled an OpenVINO graph for input shapes %s", shapes)
             return compiled
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run(self, inputs: Sequence[NDArray[np.float32]]) -> list[NDArray[np.float32]]:
         shapes = tuple(tuple(int(d) for d in array.shape) for array in inputs)
         compiled = self._compiled_for(shapes)
         # One infer request per thread and compiled shape: a request owns its output buffers, so
         # requests are never shared between threads.
-        requests = getattr(self._local, "requests", None)
+        requests: dict[int, tuple[CompiledModel, InferRequest]] | None = getattr(
+            self._local, "requests", None
+        )
         if requests is None:
             requests = self._local.requests = {}
         request = requests.get(id(compiled))

@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 __all__ = [
     "BACKENDS",
@@ -55,7 +56,7 @@ def runtime_available(backend: str) -> bool:
 class Graph(Protocol):
     """A compiled graph: float32 arrays in, float32 arrays out, in the graph's input/output order."""
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+    def run(self, inputs: Sequence[NDArray[np.float32]]) -> list[NDArray[np.float32]]: ...
 
 
 def default_threads() -> int:

@@ -13,7 +13,6 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from torchvision.models.detection import FasterRCNN
 
@@ -21,6 +20,7 @@ from covidet.detection.accelerated.modules import accelerate
 from covidet.detection.accelerated.onnx_runtime import OnnxRuntimeGraph
 from covidet.detection.accelerated.openvino_runtime import OpenVINOGraph
 from covidet.detection.accelerated.runtime import BACKENDS, GRAPHS, Graph, runtime_available
+from covidet.detection.card import ModelCard, VariantEntry
 
 __all__ = [
     "ACCELERATED_DIR",
@@ -84,7 +84,8 @@ class Variant:
     def name(self) -> str:
         return f"{self.backend}-{self.precision}"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> VariantEntry:
+        """The card's entry for this variant (without ``parity``, which the export adds)."""
         return {
             "backend": self.backend,
             "precision": self.precision,
@@ -99,7 +100,9 @@ class Variant:
         }
 
     @classmethod
-    def from_json(cls, entry: dict[str, Any]) -> Variant:
+    def from_json(cls, entry: VariantEntry) -> Variant:
+        """The variant a card entry describes; an entry of an older card without ``graph_precisions``
+        gets its ``precision`` for every graph."""
         files = dict(entry["files"])
         precisions = entry.get("graph_precisions") or {g: str(entry.get("precision", "fp32")) for g in files}
         return cls(
@@ -126,7 +129,7 @@ class Variant:
         return missing
 
 
-def available_variants(bundle: str | os.PathLike, card: dict[str, Any]) -> list[Variant]:
+def available_variants(bundle: str | os.PathLike, card: ModelCard) -> list[Variant]:
     """The card's variants that can run here: made from the bundle's current weights, their runtime
     importable and their files present. Files' hashes are checked at load time (:func:`load_variant`)."""
     bundle = Path(bundle)
@@ -148,7 +151,7 @@ def available_variants(bundle: str | os.PathLike, card: dict[str, Any]) -> list[
     return usable
 
 
-def select_variant(bundle: str | os.PathLike, card: dict[str, Any], backend: str = "auto") -> Variant | None:
+def select_variant(bundle: str | os.PathLike, card: ModelCard, backend: str = "auto") -> Variant | None:
     """The variant to run for the ``backend`` setting, or ``None`` for plain torch.
 
     ``auto``: the fastest variant that passed the parity check and can run here. ``onnxruntime`` /

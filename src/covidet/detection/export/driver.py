@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -31,11 +31,12 @@ from covidet.detection.accelerated import (
     runtime_available,
 )
 from covidet.detection.bundle import CARD_FILE, load_bundle, read_model_card
+from covidet.detection.card import AcceleratedSection, VariantEntry
 from covidet.detection.data import load_records
 from covidet.detection.decision import DEFAULT_THRESHOLD, image_weight_of
 from covidet.detection.export.errors import ExportError
 from covidet.detection.export.onnx import export_onnx
-from covidet.detection.export.parity import PARITY_CRITERIA, check_parity, load_images
+from covidet.detection.export.parity import PARITY_CRITERIA, ParityFigures, check_parity, load_images
 from covidet.detection.export.quantize import (
     calibration_inputs,
     pick_calibration_records,
@@ -43,9 +44,21 @@ from covidet.detection.export.quantize import (
     quantize_openvino,
 )
 
-__all__ = ["export_bundle", "machine_info"]
+__all__ = ["MachineInfo", "export_bundle", "machine_info"]
 
 logger = logging.getLogger(__name__)
+
+
+class MachineInfo(TypedDict):
+    """:func:`machine_info`: processor, CPU model name (``None`` when unknown), CPUs, torch's threads, the
+    instruction sets that matter for int8/bf16 inference, and the load average (``None`` off POSIX)."""
+
+    processor: str
+    cpu_model: str | None
+    cpus: int | None
+    threads: int
+    cpu_flags: list[str]
+    load_average: list[float] | None
 
 
 def _bf16_supported() -> bool:
@@ -57,7 +70,7 @@ def _bf16_supported() -> bool:
         return False
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info() -> MachineInfo:
     """The CPU a measurement ran on: model name, relevant instruction sets, cores, threads, load."""
     flags: list[str] = []
     model = ""
@@ -119,7 +132,7 @@ def _check_round(
 
 
 #: Parity figures of the last export, by variant name (filled by ``_check_round``).
-_PARITY: dict[str, dict[str, Any]] = {}
+_PARITY: dict[str, ParityFigures] = {}
 
 
 def export_bundle(
@@ -136,7 +149,7 @@ def export_bundle(
     check_limit: int | None = None,
     tier: str | None = None,
     update_card: bool = True,
-) -> dict[str, Any]:
+) -> AcceleratedSection:
     """Export ``bundle``'s accelerated variants into ``bundle/accelerated``; check and record them.
 
     Args:
@@ -258,7 +271,7 @@ def export_bundle(
                     mixed.append(variant(runtime, uniform("fp32") | dict.fromkeys(passing, "int8")))
             results += _check_round(bundle, torch_model, model, mixed, items, threshold, image_weight)
 
-    entries = []
+    entries: list[VariantEntry] = []
     for result in results:
         entry = result.to_json()
         figures = _PARITY.get(result.name)
@@ -267,7 +280,7 @@ def export_bundle(
     passing = [v for v in results if v.parity_ok]
     fastest = max(passing, key=lambda v: v.speedup_vs_torch or 0.0) if passing else None
     reference = next(iter(_PARITY.values()), None)
-    section = {
+    section: AcceleratedSection = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "input": f"longer side {size} px, shorter side padded to a multiple of 32 exactly as torch pads it; "
         "dynamic batch and spatial axes (OpenVINO compiles once per shape)",

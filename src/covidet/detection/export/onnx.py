@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -61,9 +60,9 @@ def _export_one(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, n
     """
     module.eval()
     auto = torch.export.Dim.AUTO
-    dynamic: tuple[Any, ...] = tuple({axis: auto for axis in range(a.dim())} for a in args)
-    if isinstance(module, _RPNHeadGraph):  # forward(*features): one varargs entry holding every level
-        dynamic = (dynamic,)
+    every_axis = tuple({axis: auto for axis in range(a.dim())} for a in args)
+    # forward(*features) of the RPN head: one varargs entry holding every level
+    dynamic: tuple[object, ...] = (every_axis,) if isinstance(module, _RPNHeadGraph) else every_axis
     try:
         with torch.no_grad():
             program = torch.onnx.export(

@@ -8,7 +8,7 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from covidet.detection.engine import detections_from_output, evaluate_detections
 from covidet.detection.metrics import ImageDetections
 from covidet.detection.transforms import Compose, ResizeLongerSide
 
-__all__ = ["COMPARED_METRICS", "PARITY_CRITERIA", "check_parity", "load_images"]
+__all__ = ["COMPARED_METRICS", "PARITY_CRITERIA", "ParityFigures", "check_parity", "load_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,32 @@ COMPARED_METRICS = (
     "map",
     "map50",
     "lung_map50",
+)
+
+#: One candidate's result in :func:`check_parity`: ``ok`` by :data:`PARITY_CRITERIA`, label agreement
+#: with torch, the greedy same-label box pairs (count, share at IoU >= 0.9, min and mean IoU; ``None``
+#: without pairs), the :data:`COMPARED_METRICS` deltas (``None`` where either side is undefined), both
+#: sides' summary metrics, and the median seconds per image of both with the speed-up.
+ParityFigures = TypedDict(
+    "ParityFigures",
+    {
+        "ok": bool,
+        "n_images": int,
+        "label_agreement": float,
+        "box_pairs": int,
+        "boxes_torch": int,
+        "boxes_accelerated": int,
+        "share_pairs_iou_ge_0.9": float,
+        "min_pair_iou": float | None,
+        "mean_pair_iou": float | None,
+        "metric_deltas": dict[str, float | None],
+        "max_abs_metric_delta": float,
+        "metrics_torch": dict[str, float],
+        "metrics_accelerated": dict[str, float],
+        "seconds_per_image": float,
+        "seconds_per_image_torch": float,
+        "speedup_vs_torch": float | None,
+    },
 )
 
 
@@ -83,7 +109,7 @@ def check_parity(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     image_weight: float = 0.0,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, ParityFigures]:
     """Compare each candidate model with ``reference`` (torch) on the same images.
 
     ``threshold`` and ``image_weight`` are the decision rule's (:mod:`covidet.detection.decision`).
@@ -122,7 +148,7 @@ def check_parity(
     reference_metrics = summary_metrics(reference_result.report)
     reference_labels = [a.label for a in reference_result.assessments]
     torch_median = statistics.median(seconds["torch"])
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, ParityFigures] = {}
     for name in candidates:
         evaluated = evaluate_detections(
             predictions[name], ground_truth, image_labels, threshold=threshold, image_weight=image_weight

@@ -23,17 +23,23 @@ Boxes are ``[x1, y1, x2, y2]`` pixel floats; detector labels are model ids ``1..
 
 from __future__ import annotations
 
-from covidet.detection.metrics.calibration import expected_calibration_error
-from covidet.detection.metrics.classification import image_level_metrics
-from covidet.detection.metrics.coco import AGNOSTIC_CLASS_NAME, coco_detection_metrics
+from covidet.detection.metrics.calibration import Reliability, expected_calibration_error
+from covidet.detection.metrics.classification import ClassMetrics, ImageLevelMetrics, image_level_metrics
+from covidet.detection.metrics.coco import AGNOSTIC_CLASS_NAME, ClassAP, CocoMetrics, coco_detection_metrics
 from covidet.detection.metrics.detections import DEFAULT_CLASS_NAMES, ImageDetections
-from covidet.detection.metrics.lungs import disease_boxes_on_lungs
+from covidet.detection.metrics.lungs import LungOverlap, disease_boxes_on_lungs
 from covidet.detection.metrics.plots import save_metric_plots
 
 __all__ = [
     "AGNOSTIC_CLASS_NAME",
     "DEFAULT_CLASS_NAMES",
+    "ClassAP",
+    "ClassMetrics",
+    "CocoMetrics",
     "ImageDetections",
+    "ImageLevelMetrics",
+    "LungOverlap",
+    "Reliability",
     "coco_detection_metrics",
     "disease_boxes_on_lungs",
     "expected_calibration_error",

@@ -6,16 +6,26 @@ right-closed bins and compares it with the accuracy in each bin; it returns plai
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
-__all__ = ["expected_calibration_error"]
+__all__ = ["Reliability", "expected_calibration_error"]
+
+
+class Reliability(TypedDict):
+    """The reliability table of :func:`expected_calibration_error`: ``n_bins + 1`` edges, and per bin
+    the mean confidence and accuracy (``None`` for an empty bin) and the count."""
+
+    bin_edges: list[float]
+    bin_confidence: list[float | None]
+    bin_accuracy: list[float | None]
+    bin_count: list[int]
 
 
 def expected_calibration_error(
     confidences: np.ndarray, correct: np.ndarray, *, n_bins: int = 10
-) -> tuple[float, dict[str, Any]]:
+) -> tuple[float, Reliability]:
     """Top-label expected calibration error and its reliability table.
 
     ``ECE = sum_b (|B_b| / N) * |acc(B_b) - conf(B_b)|`` over ``n_bins`` equal-width bins closed on the
@@ -59,7 +69,7 @@ def expected_calibration_error(
         bin_confidence.append(mean_conf)
         bin_accuracy.append(accuracy)
         ece += count / n * abs(accuracy - mean_conf)
-    reliability = {
+    reliability: Reliability = {
         "bin_edges": [0.0, *(float(e) for e in inner_edges), 1.0],
         "bin_confidence": bin_confidence,
         "bin_accuracy": bin_accuracy,

@@ -8,14 +8,38 @@ with scikit-learn and returned as plain Python values (JSON-ready; undefined rat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
-from covidet.detection.metrics.calibration import expected_calibration_error
+from covidet.detection.metrics.calibration import Reliability, expected_calibration_error
 from covidet.detection.metrics.detections import DEFAULT_CLASS_NAMES
 
-__all__ = ["image_level_metrics"]
+__all__ = ["ClassMetrics", "ImageLevelMetrics", "image_level_metrics"]
+
+
+class ClassMetrics(TypedDict):
+    """One class of :func:`image_level_metrics`, one-vs-rest; an undefined ratio is ``None``."""
+
+    sensitivity: float | None
+    specificity: float | None
+    precision: float | None
+    f1: float
+    auc: float | None
+    support: int
+
+
+class ImageLevelMetrics(TypedDict):
+    """The report of :func:`image_level_metrics` (JSON-ready)."""
+
+    n: int
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, ClassMetrics]
+    macro_auc: float | None
+    confusion_matrix: list[list[int]]
+    ece: float
+    reliability: Reliability
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -30,7 +54,7 @@ def image_level_metrics(
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
     n_bins: int = 10,
     y_pred: Sequence[int] | None = None,
-) -> dict[str, Any]:
+) -> ImageLevelMetrics:
     """Image-level classification metrics of ``K``-class probabilities against true classes.
 
     ``y_true`` holds class indices ``0..K-1`` (index into ``class_names``, i.e. model id - 1);
@@ -74,7 +98,7 @@ def image_level_metrics(
     macro_f1 = f1_score(truth, pred, labels=labels, average="macro", zero_division=0)
     n = int(truth.size)
 
-    per_class: dict[str, dict[str, Any]] = {}
+    per_class: dict[str, ClassMetrics] = {}
     aucs: list[float] = []
     for k, name in enumerate(class_names):
         tp = int(cm[k, k])

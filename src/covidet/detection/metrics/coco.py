@@ -10,16 +10,57 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
 from covidet.detection.metrics.detections import DEFAULT_CLASS_NAMES, ImageDetections
 
-__all__ = ["AGNOSTIC_CLASS_NAME", "coco_detection_metrics"]
+__all__ = ["AGNOSTIC_CLASS_NAME", "ClassAP", "CocoMetrics", "coco_detection_metrics"]
 
 #: Name of the single category used by ``coco_detection_metrics(..., class_agnostic=True)``.
 AGNOSTIC_CLASS_NAME = "lung"
+
+
+class ClassAP(TypedDict):
+    """One category of :func:`coco_detection_metrics`: AP@[.5:.95], AP@.5 (``None`` when undefined)
+    and the number of ground-truth boxes."""
+
+    map: float | None
+    map50: float | None
+    n_gt: int
+
+
+class CocoMetrics(TypedDict):
+    """The report of :func:`coco_detection_metrics` (JSON-ready; ``None`` where COCOeval is undefined)."""
+
+    map: float | None
+    map50: float | None
+    map75: float | None
+    mar100: float | None
+    per_class: dict[str, ClassAP]
+
+
+class _CocoImage(TypedDict):
+    id: int
+    width: int
+    height: int
+
+
+class _CocoAnnotation(TypedDict):
+    id: int
+    image_id: int
+    category_id: int
+    bbox: list[float]
+    area: float
+    iscrowd: int
+
+
+class _CocoResult(TypedDict):
+    image_id: int
+    category_id: int
+    bbox: list[float]
+    score: float
 
 
 def _as_boxes(item: ImageDetections) -> np.ndarray:
@@ -68,7 +109,7 @@ def coco_detection_metrics(
     *,
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
     class_agnostic: bool = False,
-) -> dict[str, Any]:
+) -> CocoMetrics:
     """COCO box metrics of ``predictions`` against ``ground_truth``, computed by pycocotools' COCOeval.
 
     The COCO ground-truth dataset is built in memory: every ground-truth image is listed (also those
@@ -100,8 +141,8 @@ def coco_detection_metrics(
     def category_of(label: int) -> int:
         return 1 if class_agnostic else int(label)
 
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
+    images: list[_CocoImage] = []
+    annotations: list[_CocoAnnotation] = []
     n_gt = [0] * len(category_names)
     known_ids: set[int] = set()
     for item in ground_truth:
@@ -128,7 +169,7 @@ def coco_detection_metrics(
                 }
             )
 
-    results: list[dict[str, Any]] = []
+    results: list[_CocoResult] = []
     for item in predictions:
         image_id = int(item.image_id)
         if image_id not in known_ids:
@@ -184,7 +225,7 @@ def coco_detection_metrics(
     area_index = params.areaRngLbl.index("all")
     maxdet_index = list(params.maxDets).index(100)
     iou50_index = int(np.where(np.isclose(params.iouThrs, 0.5))[0][0])
-    per_class: dict[str, dict[str, Any]] = {}
+    per_class: dict[str, ClassAP] = {}
     for k, category_id in enumerate(params.catIds):
         name = category_names[category_id - 1]
         per_class[name] = {

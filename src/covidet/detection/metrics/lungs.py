@@ -7,7 +7,7 @@ puts its covid19/pneumonia boxes on text, borders or the mediastinum shows a low
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -15,7 +15,14 @@ from torchvision.ops import box_iou
 
 from covidet.detection.metrics.detections import ImageDetections
 
-__all__ = ["disease_boxes_on_lungs"]
+__all__ = ["LungOverlap", "disease_boxes_on_lungs"]
+
+#: The report of :func:`disease_boxes_on_lungs`: the score cut, how many disease boxes were paired, the
+#: median IoU with their best lung box and the share at IoU >= 0.5 (``None`` without boxes).
+LungOverlap = TypedDict(
+    "LungOverlap",
+    {"min_score": float, "n_boxes": int, "median_iou": float | None, "share_iou_ge_0.5": float | None},
+)
 
 
 def disease_boxes_on_lungs(
@@ -24,7 +31,7 @@ def disease_boxes_on_lungs(
     *,
     min_score: float = 0.5,
     disease_ids: tuple[int, ...] = (1, 2),
-) -> dict[str, Any]:
+) -> LungOverlap:
     """Do the disease boxes sit on the lungs? Their IoU with the annotated lung boxes.
 
     For every image with ground-truth boxes (in this dataset every box marks a lung), each predicted box

@@ -8,17 +8,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from covidet.detection.metrics.classification import ImageLevelMetrics
 from covidet.detection.metrics.detections import DEFAULT_CLASS_NAMES
 
 __all__ = ["save_metric_plots"]
 
 
 def save_metric_plots(
-    report: dict[str, Any],
+    report: ImageLevelMetrics,
     out_dir: Path,
     *,
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
@@ -80,7 +80,8 @@ def save_metric_plots(
             if not 0 < int(positives.sum()) < truth.size:
                 continue
             fpr, tpr, _ = roc_curve(positives.astype(int), probs[:, k])
-            auc = report.get("per_class", {}).get(name, {}).get("auc")
+            entry = (report.get("per_class") or {}).get(name)
+            auc = entry.get("auc") if entry else None
             label = f"{name} (AUC {auc:.3f})" if auc is not None else name
             ax.plot(fpr, tpr, label=label)
         ax.set_xlim(0, 1)
