@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from covidet.app.processes import find_program, free_port, terminate, wait_for_port
 from covidet.ingest.mqtt_broker_config import TlsListener, mosquitto_config
@@ -189,7 +190,8 @@ class Mosquitto:
         """Stop the broker (it saves its sessions and queued messages) and start it again on the same
         ports, folder and configuration, as a service restart or a reboot would."""
         terminate(self.process, 10)
-        self.process = _launch(list(self.process.args), self.log_file)  # the same command line
+        # The same command line (_launch starts it from a list of str).
+        self.process = _launch(list(cast("list[str]", self.process.args)), self.log_file)
         self._wait_listening(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:

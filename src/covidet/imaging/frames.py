@@ -44,4 +44,5 @@ def decode_frame(ds: Dataset, transfer_syntax: UID) -> tuple[np.ndarray, Mapping
                 im.load()
                 return np.asarray(im), {"photometric_interpretation": ds.get("PhotometricInterpretation")}
         # Anything unexpected (a colour stream in a monochrome object, another size): pydicom decides.
-    return get_decoder(transfer_syntax).as_array(ds, index=0, as_rgb=True)
+    # pydicom types its decoding options as **kwargs: DecodeOptions (one TypedDict per keyword).
+    return get_decoder(transfer_syntax).as_array(ds, index=0, as_rgb=True)  # type: ignore[arg-type]

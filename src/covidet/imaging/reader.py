@@ -162,7 +162,7 @@ def _read_pillow(data: bytes, name: str, fmt: str, max_pixels: int) -> XRayImage
         # 2 x Image.MAX_IMAGE_PIXELS, raised inside Image.open) is converted below.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=[label])
+            im: Image.Image = Image.open(io.BytesIO(data), formats=[label])
             check_size(name, im.width, im.height, max_pixels)
             im.load()
             if fmt == "jpeg":

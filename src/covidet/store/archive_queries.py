@@ -18,10 +18,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
+from typing import TypeVar
 
 from pydicom.uid import generate_uid
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy.orm import QueryableAttribute, Session
 
 from covidet.store.models import DicomObject, Image, Patient, Study
 
@@ -121,7 +122,12 @@ def dicom_like(pattern: str) -> tuple[str, bool]:
     return escaped.replace("*", "%").replace("?", "_"), has_wildcard
 
 
-def _match(column, pattern: str | None, *, fold_case: bool = False):  # type: ignore[no-untyped-def]
+def _match(
+    column: QueryableAttribute[str] | QueryableAttribute[str | None],
+    pattern: str | None,
+    *,
+    fold_case: bool = False,
+) -> ColumnElement[bool] | None:
     """An SQL condition for a DICOM single-value or wildcard match of ``column``; ``None`` for any."""
     if pattern is None or pattern in ("", "*"):
         return None
@@ -188,12 +194,8 @@ def instances(
 ) -> list[InstanceRecord]:
     """The instances of the given studies (ids or one UID), optionally narrowed to a series or an
     instance, X-rays first, then covidet's objects, each in creation order."""
-    image_query: Select[tuple[Image, str]] = select(Image, Study.study_instance_uid).join(
-        Study, Image.study_id == Study.id
-    )
-    object_query: Select[tuple[DicomObject, str]] = select(DicomObject, Study.study_instance_uid).join(
-        Study, DicomObject.study_id == Study.id
-    )
+    image_query = select(Image, Study.study_instance_uid).join(Study, Image.study_id == Study.id)
+    object_query = select(DicomObject, Study.study_instance_uid).join(Study, DicomObject.study_id == Study.id)
     if study_ids is not None:
         ids = list(study_ids)
         image_query = image_query.where(Image.study_id.in_(ids))
@@ -232,7 +234,11 @@ def series_of_studies(session: Session, study_ids: Iterable[int]) -> list[Series
     ]
 
 
-def _where_study_matches(statement: Select, query: StudyQuery) -> Select:  # type: ignore[type-arg]
+#: A SELECT over Study joined with Patient (the rows it selects vary).
+_StudySelect = TypeVar("_StudySelect", bound=Select)
+
+
+def _where_study_matches(statement: _StudySelect, query: StudyQuery) -> _StudySelect:
     """``statement`` (over Study joined with Patient) narrowed by the SQL-level keys of ``query``
     (all but ``modality``)."""
     for condition in (

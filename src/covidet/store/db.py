@@ -148,7 +148,7 @@ def make_engine(
             pool["pool_timeout"] = pool_timeout
     if parsed.get_backend_name() == "sqlite":
         if not in_memory:
-            _private_sqlite_file(Path(parsed.database).expanduser())
+            _private_sqlite_file(Path(parsed.database or "").expanduser())
         connect_args = {"check_same_thread": False, "timeout": 30}
         engine = create_engine(url, connect_args=connect_args, **{**pool, **kwargs})
         event.listen(engine, "connect", _sqlite_pragmas)

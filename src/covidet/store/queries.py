@@ -288,13 +288,17 @@ def add_vital_signs(session: Session, rows: Iterable[Mapping[str, object]]) -> i
     whose (device_id, patient_id, measured_at) is already stored, e.g. a QoS-1 redelivery, is skipped
     (``INSERT ... ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL), never an error.
     """
+    from sqlalchemy.dialects import postgresql, sqlite
+
     from covidet.store.models import utcnow
 
     dialect = session.get_bind().dialect.name
+    # Both dialects' INSERT ... ON CONFLICT DO NOTHING, spelled the same way.
+    insert: Callable[[type[VitalSignRecord]], postgresql.Insert | sqlite.Insert]
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        insert = postgresql.insert
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        insert = sqlite.insert
     else:  # pragma: no cover - covidet supports these two backends
         raise NotImplementedError(f"add_vital_signs: unsupported database {dialect!r}")
     measurements = (

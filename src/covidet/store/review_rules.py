@@ -12,7 +12,9 @@ Kept apart from :mod:`covidet.store.review_queries` (which calls them while sign
 
 from __future__ import annotations
 
-from sqlalchemy import delete, exists, func, select
+from typing import cast
+
+from sqlalchemy import CursorResult, delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from covidet.store.models import Image, Review, ReviewStatus, StudyClaim
@@ -51,4 +53,4 @@ def release_claim_when_read(session: Session, image_id: int) -> bool:
     if study_id is None or not study_is_read(session, study_id):
         return False
     released = session.execute(delete(StudyClaim).where(StudyClaim.study_id == study_id))
-    return bool(released.rowcount)
+    return bool(cast(CursorResult[tuple[()]], released).rowcount)  # a DELETE's result is a cursor result

@@ -27,6 +27,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from starlette.requests import ClientDisconnect
 
+from covidet.api.audit_writer import Actor
 from covidet.api.auth import get_current_user, record_audit
 from covidet.api.deps import (
     API_KEY_HEADER,
@@ -70,7 +71,7 @@ class Sender:
 
     name: str
     device_id: int | None
-    user: object | None = None
+    user: Actor | None = None
 
 
 async def _sender(request: Request, db: Database, ingest: ImageIngest) -> Sender:

@@ -89,7 +89,7 @@ async def read_parts(chunks: AsyncIterator[bytes], boundary: str, limit: int) ->
 
     parser = MultipartParser(
         boundary,
-        {  # type: ignore[arg-type]
+        {
             "on_part_begin": on_part_begin,
             "on_header_field": on_header_field,
             "on_header_value": on_header_value,

@@ -45,7 +45,7 @@ from starlette.background import BackgroundTask
 from covidet import DISCLAIMER, __version__
 from covidet.api.auth import RadiologistUser, record_audit
 from covidet.api.deps import DatabaseDep, StoreDep
-from covidet.api.schemas import AUTH_ERRORS, IsoDateTime, as_utc
+from covidet.api.schemas import AUTH_ERRORS, IsoDateTime, OpenApiResponses, as_utc
 from covidet.imaging.reader import ImageReadError, read_image
 from covidet.ingest.storage import ImageStore
 from covidet.store import review_queries as rq
@@ -173,16 +173,18 @@ def _export(
     return path, counts
 
 
+_ZIP_RESPONSE: OpenApiResponses = {
+    200: {
+        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "zip: manifest.csv, boxes.csv, images/*.png, README.txt",
+    }
+}
+
+
 @router.get(
     "/training-manifest",
     response_class=FileResponse,
-    responses={
-        200: {
-            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "zip: manifest.csv, boxes.csv, images/*.png, README.txt",
-        }
-    }
-    | AUTH_ERRORS,
+    responses=_ZIP_RESPONSE | AUTH_ERRORS,
 )
 async def training_manifest(
     request: Request,

@@ -162,7 +162,7 @@ def review_public(review: Review) -> ReviewPublic:
                 action=f.action,
                 source_finding_id=f.source_finding_id,
                 label=f.label,
-                box=[f.x1, f.y1, f.x2, f.y2] if f.x1 is not None else None,  # type: ignore[list-item]
+                box=[f.x1, f.y1, f.x2, f.y2] if f.x1 is not None else None,
             )
             for f in review.findings
         ],
