@@ -2,21 +2,7 @@
 of :func:`covidet.pacs.send.send_to_pacs`: every name it had is importable here."""
 
 from covidet.pacs.send import send_to_pacs
-from covidet.reports.from_store import (
-    ReportNotAvailable,
-    build_report,
-    forward_report,
-    report_context,
-    resolve_image_id,
-    write_image_report,
-)
+from covidet.reports import from_store as _moved
+from covidet.reports.from_store import *  # noqa: F403 (the public names of the new home)
 
-__all__ = [
-    "ReportNotAvailable",
-    "build_report",
-    "forward_report",
-    "report_context",
-    "resolve_image_id",
-    "send_to_pacs",
-    "write_image_report",
-]
+__all__ = [*_moved.__all__, "send_to_pacs"]
