@@ -17,7 +17,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian,
 
 from covidet.imaging.reader import read_image
 
-__all__ = ["DX_FOR_PRESENTATION", "dicom_bytes", "xray_to_dicom"]
+__all__ = ["DX_FOR_PRESENTATION", "dicom_bytes", "new_dataset", "xray_to_dicom"]
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -48,16 +48,7 @@ def xray_to_dicom(
     acquired_at = acquired_at or datetime.now(UTC)
     sop_instance_uid = sop_instance_uid or generate_uid()
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(DX_FOR_PRESENTATION)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = DX_FOR_PRESENTATION
-    ds.SOPInstanceUID = sop_instance_uid
+    ds = new_dataset(DX_FOR_PRESENTATION, sop_instance_uid)
     ds.StudyInstanceUID = study_instance_uid or generate_uid()
     ds.SeriesInstanceUID = series_instance_uid or generate_uid()
     ds.PatientID = patient_id
@@ -87,6 +78,21 @@ def xray_to_dicom(
     ds.RescaleSlope = 1
     ds.RescaleType = "US"
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    return ds
+
+
+def new_dataset(sop_class_uid: str, sop_instance_uid: str) -> Dataset:
+    """An Explicit VR Little Endian dataset of this SOP class and instance, with its file meta
+    (pydicom's implementation UID), ready to be filled and written as a Part 10 file."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = sop_instance_uid
     return ds
 
 

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    PYDICOM_ROOT_UID,
-    UID,
-    ExplicitVRLittleEndian,
-    generate_uid,
-)
+from pydicom.dataset import Dataset
+from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 from covidet import DISCLAIMER, __version__
 from covidet.domain import Label, Priority
+from covidet.imaging.dicom_writer import new_dataset
 from covidet.reports.context import ReportContext, as_utc
 
 __all__ = ["SECONDARY_CAPTURE_SOP_CLASS", "dicom_secondary_capture"]
@@ -139,17 +134,8 @@ def dicom_secondary_capture(
         + f". Preliminary, unreviewed. {DISCLAIMER.upper()}."
     )
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(SECONDARY_CAPTURE_SOP_CLASS)
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-
-    ds = Dataset()
-    ds.file_meta = meta
+    ds = new_dataset(SECONDARY_CAPTURE_SOP_CLASS, sop_uid)
     ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: patient names are not always ASCII
-    ds.SOPClassUID = SECONDARY_CAPTURE_SOP_CLASS
-    ds.SOPInstanceUID = sop_uid
     ds.InstanceCreationDate = issued.strftime("%Y%m%d")
     ds.InstanceCreationTime = issued.strftime("%H%M%S")
     # Patient and study: those of the source, so that the capture lands in the same study.
