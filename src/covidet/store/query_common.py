@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
+
+from covidet.store.models import Image, Review, ReviewStatus
 
 __all__ = [
     "Conflict",
@@ -20,6 +22,7 @@ __all__ = [
     "NotFound",
     "QueryError",
     "sha256_hex",
+    "signed_review_exists",
 ]
 
 # ------------------------------------------------------------------------------------------ errors
@@ -60,3 +63,8 @@ def _page(session: Session, statement: Select[Any], limit: int, offset: int) -> 
 def _contains(column: Any, text: str) -> Any:
     """Case-insensitive substring match, with ``%`` and ``_`` in ``text`` taken literally."""
     return func.lower(column).contains(text.lower(), autoescape=True)
+
+
+def signed_review_exists() -> Any:
+    """``EXISTS`` a signed review of the :class:`Image` row of the enclosing query (correlated)."""
+    return exists().where(Review.image_id == Image.id, Review.status == ReviewStatus.SIGNED.value)

@@ -31,6 +31,8 @@ from covidet.store.models import (
     StudyClaim,
     User,
 )
+from covidet.store.query_common import signed_review_exists
+from covidet.store.worklist_queries import PRIORITY_ORDER, _priority_rank
 
 __all__ = [
     "SORTS",
@@ -49,8 +51,7 @@ __all__ = [
 #: default, the order of ``GET /api/v1/worklist``); ``waiting``: longest waiting first; ``patient``:
 #: patient id; ``accession``: accession number.
 SORTS = ("priority", "waiting", "patient", "accession")
-_PRIORITY_NAMES = ("urgent", "high", "routine")
-_NONE_RANK = len(_PRIORITY_NAMES)
+_NONE_RANK = len(PRIORITY_ORDER)  # the rank of a study none of whose images is triaged yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,22 +121,14 @@ class StudyRow:
         return [i.image_id for i in self.images if not i.reviews.reports]
 
 
-def _rank(column: Any) -> Any:
-    return case(*((column == name, index) for index, name in enumerate(_PRIORITY_NAMES)), else_=_NONE_RANK)
-
-
-def _signed() -> Any:
-    return exists().where(Review.image_id == Image.id, Review.status == ReviewStatus.SIGNED.value)
-
-
 def _study_aggregate(statuses: Sequence[str] | None) -> Any:
     """Per study: the best priority rank, the first arrival, and how many images have no signed review
     (and, with ``statuses``, how many images are in one of them)."""
     columns = [
         Image.study_id.label("study_id"),
-        func.min(_rank(Image.priority)).label("rank"),
+        func.min(_priority_rank()).label("rank"),
         func.min(Image.received_at).label("first_received"),
-        func.sum(case((_signed(), 0), else_=1)).label("unread"),
+        func.sum(case((signed_review_exists(), 0), else_=1)).label("unread"),
     ]
     if statuses:
         columns.append(func.sum(case((Image.status.in_(list(statuses)), 1), else_=0)).label("status_hits"))
@@ -173,7 +166,7 @@ def study_worklist(
         select(Study.id).join(agg, agg.c.study_id == Study.id).join(Patient, Study.patient_id == Patient.id)
     )
     if priorities:
-        ranks = [_PRIORITY_NAMES.index(p) if p in _PRIORITY_NAMES else _NONE_RANK for p in priorities]
+        ranks = [PRIORITY_ORDER.index(p) if p in PRIORITY_ORDER else _NONE_RANK for p in priorities]
         statement = statement.where(agg.c.rank.in_(ranks))
     if statuses:
         statement = statement.where(agg.c.status_hits > 0)
@@ -212,7 +205,7 @@ def study_rows(session: Session, study_ids: Sequence[int]) -> list[StudyRow]:
     for image in session.scalars(
         select(Image)
         .where(Image.study_id.in_(list(study_ids)))
-        .order_by(_rank(Image.priority), Image.received_at.asc(), Image.id.asc())
+        .order_by(_priority_rank(), Image.received_at.asc(), Image.id.asc())
     ):
         images_by_study.setdefault(image.study_id, []).append(image)
     image_ids = [i.id for images in images_by_study.values() for i in images]

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import CursorResult, delete, exists, func, select
+from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session
 
 from covidet.store.models import Image, Review, ReviewStatus, StudyClaim
+from covidet.store.query_common import signed_review_exists
 
 __all__ = ["first_report_id", "release_claim_when_read", "study_is_read"]
 
@@ -40,9 +41,8 @@ def first_report_id(
 
 def study_is_read(session: Session, study_id: int) -> bool:
     """Whether every image of the study has at least one signed review."""
-    signed = exists().where(Review.image_id == Image.id, Review.status == ReviewStatus.SIGNED.value)
     unread = session.scalar(
-        select(func.count()).select_from(Image).where(Image.study_id == study_id, ~signed)
+        select(func.count()).select_from(Image).where(Image.study_id == study_id, ~signed_review_exists())
     )
     return not unread
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, exists, func, or_, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from covidet.store.models import (
@@ -27,7 +27,7 @@ from covidet.store.models import (
     User,
     VitalSignRecord,
 )
-from covidet.store.query_common import NotFound, _contains, _page
+from covidet.store.query_common import NotFound, _contains, _page, signed_review_exists
 
 __all__ = [
     "PRIORITY_ORDER",
@@ -184,6 +184,7 @@ class WorklistRow:
 
 
 def _priority_rank() -> Any:
+    """An image's place in :data:`PRIORITY_ORDER` (0: urgent); not triaged ranks last."""
     return case(
         *((Image.priority == name, index) for index, name in enumerate(PRIORITY_ORDER)),
         else_=len(PRIORITY_ORDER),
@@ -219,7 +220,7 @@ def worklist(
     if statuses:
         statement = statement.where(Image.status.in_(list(statuses)))
     if reviewed is not None:
-        signed = exists().where(Review.image_id == Image.id, Review.status == ReviewStatus.SIGNED.value)
+        signed = signed_review_exists()
         statement = statement.where(signed if reviewed else ~signed)
     if patient:
         statement = statement.where(
