@@ -47,7 +47,9 @@ class ImageSummaryPublic(BaseModel):
     priority: str | None
 
 
-class StudySummaryPublic(BaseModel):
+class _StudyFields(BaseModel):
+    """What a study shows in a list and on its own (the JSON keeps these first, in this order)."""
+
     id: int
     study_instance_uid: str
     accession_number: str | None
@@ -55,6 +57,9 @@ class StudySummaryPublic(BaseModel):
     study_datetime: datetime | None
     created_at: datetime
     patient: PatientRef
+
+
+class StudySummaryPublic(_StudyFields):
     image_count: int
 
 
@@ -62,14 +67,7 @@ class StudiesPublic(PageMeta):
     items: list[StudySummaryPublic]
 
 
-class StudyPublic(BaseModel):
-    id: int
-    study_instance_uid: str
-    accession_number: str | None
-    description: str | None
-    study_datetime: datetime | None
-    created_at: datetime
-    patient: PatientRef
+class StudyPublic(_StudyFields):
     images: list[ImageSummaryPublic]
 
 
