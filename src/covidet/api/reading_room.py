@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.requests import Request
 
@@ -232,16 +233,8 @@ def claim(db: Database, request: Request, user: AuthenticatedUser, study_id: int
     announced to open worklists. Raises the store's :class:`~covidet.store.review_queries.QueryError`."""
     with db.session(write=True) as session:
         held = rr.claim_study(session, study_id, user_id=user.id)
-        audit_in(
-            session,
-            request,
-            "study.claim",
-            user=user,
-            object_type="study",
-            object_id=study_id,
-            details={"via": via},
-        )
-    announce(request.app, {"type": "claim", "study_id": study_id, "username": held.username})
+        _audit_study(session, request, user, "study.claim", study_id, {"via": via})
+    _announce_claim(request, study_id, held.username)
     return held
 
 
@@ -253,17 +246,11 @@ def release(
     with db.session(write=True) as session:
         released = rr.release_claim(session, study_id, user_id=user.id, admin=user.is_admin)
         if released is not None:
-            audit_in(
-                session,
-                request,
-                "study.release",
-                user=user,
-                object_type="study",
-                object_id=study_id,
-                details={"via": via, "holder": released.username},
+            _audit_study(
+                session, request, user, "study.release", study_id, {"via": via, "holder": released.username}
             )
     if released is not None:
-        announce(request.app, {"type": "claim", "study_id": study_id, "username": None})
+        _announce_claim(request, study_id, None)
     return released
 
 
@@ -274,14 +261,23 @@ def take_next(db: Database, request: Request, user: AuthenticatedUser, via: str)
         row = rr.next_study(session, user_id=user.id)
         if row is None:
             return None
-        audit_in(
-            session,
-            request,
-            "study.claim",
-            user=user,
-            object_type="study",
-            object_id=row.study_id,
-            details={"via": via, "next": True},
-        )
-    announce(request.app, {"type": "claim", "study_id": row.study_id, "username": user.username})
+        _audit_study(session, request, user, "study.claim", row.study_id, {"via": via, "next": True})
+    _announce_claim(request, row.study_id, user.username)
     return row
+
+
+def _audit_study(
+    session: Session,
+    request: Request,
+    user: AuthenticatedUser,
+    action: str,
+    study_id: int,
+    details: dict[str, object],
+) -> None:
+    """Record a claim or release of ``study_id`` in the caller's transaction."""
+    audit_in(session, request, action, user=user, object_type="study", object_id=study_id, details=details)
+
+
+def _announce_claim(request: Request, study_id: int, username: str | None) -> None:
+    """Tell open worklists who now holds ``study_id`` (``None``: nobody)."""
+    announce(request.app, {"type": "claim", "study_id": study_id, "username": username})
