@@ -7,7 +7,7 @@ The rules that use them are in :mod:`covidet.assessment.triage`; the settings ex
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,6 +16,16 @@ from covidet.assessment.news2 import news2_parameters
 __all__ = ["DEFAULT_THRESHOLDS", "TriageThresholds"]
 
 _NEWS2 = "RCP NEWS2 2017 chart 1"
+
+
+def _at_or_below(edge: float, unit: str, score: int) -> Any:
+    """A NEWS2 band edge (default ``edge``, in ``unit``) at or below which the parameter scores ``score``."""
+    return Field(edge, description=f"{unit} at or below which NEWS2 scores {score} ({_NEWS2})")
+
+
+def _at_or_above(edge: float, unit: str, score: int) -> Any:
+    """A NEWS2 band edge (default ``edge``, in ``unit``) at or above which the parameter scores ``score``."""
+    return Field(edge, description=f"{unit} at or above which NEWS2 scores {score} ({_NEWS2})")
 
 
 class TriageThresholds(BaseModel):
@@ -30,54 +40,30 @@ class TriageThresholds(BaseModel):
         60.0, ge=0, description="readings up to this many seconds after `now` still count (device clocks)"
     )
     # --- NEWS2 SpO2 scale 1 (%) ----------------------------------------------------------------------
-    spo2_score3_max: float = Field(91, description=f"SpO2 % at or below which NEWS2 scores 3 ({_NEWS2})")
-    spo2_score2_max: float = Field(93, description=f"SpO2 % at or below which NEWS2 scores 2 ({_NEWS2})")
-    spo2_score1_max: float = Field(95, description=f"SpO2 % at or below which NEWS2 scores 1 ({_NEWS2})")
+    spo2_score3_max: float = _at_or_below(91, "SpO2 %", 3)
+    spo2_score2_max: float = _at_or_below(93, "SpO2 %", 2)
+    spo2_score1_max: float = _at_or_below(95, "SpO2 %", 1)
     # --- NEWS2 respiratory rate (breaths/min) -------------------------------------------------------
-    resp_rate_score3_max: float = Field(
-        8, description=f"breaths/min at or below which NEWS2 scores 3 ({_NEWS2})"
-    )
-    resp_rate_score1_max: float = Field(
-        11, description=f"breaths/min at or below which NEWS2 scores 1 ({_NEWS2})"
-    )
-    resp_rate_score2_min: float = Field(
-        21, description=f"breaths/min at or above which NEWS2 scores 2 ({_NEWS2})"
-    )
-    resp_rate_score3_min: float = Field(
-        25, description=f"breaths/min at or above which NEWS2 scores 3 ({_NEWS2})"
-    )
+    resp_rate_score3_max: float = _at_or_below(8, "breaths/min", 3)
+    resp_rate_score1_max: float = _at_or_below(11, "breaths/min", 1)
+    resp_rate_score2_min: float = _at_or_above(21, "breaths/min", 2)
+    resp_rate_score3_min: float = _at_or_above(25, "breaths/min", 3)
     # --- NEWS2 temperature (°C) ---------------------------------------------------------------------
-    temperature_score3_max: float = Field(35.0, description=f"°C at or below which NEWS2 scores 3 ({_NEWS2})")
-    temperature_score1_max: float = Field(36.0, description=f"°C at or below which NEWS2 scores 1 ({_NEWS2})")
-    temperature_score1_min: float = Field(38.1, description=f"°C at or above which NEWS2 scores 1 ({_NEWS2})")
-    temperature_score2_min: float = Field(39.1, description=f"°C at or above which NEWS2 scores 2 ({_NEWS2})")
+    temperature_score3_max: float = _at_or_below(35.0, "°C", 3)
+    temperature_score1_max: float = _at_or_below(36.0, "°C", 1)
+    temperature_score1_min: float = _at_or_above(38.1, "°C", 1)
+    temperature_score2_min: float = _at_or_above(39.1, "°C", 2)
     # --- NEWS2 heart rate (beats/min) ---------------------------------------------------------------
-    heart_rate_score3_max: float = Field(
-        40, description=f"beats/min at or below which NEWS2 scores 3 ({_NEWS2})"
-    )
-    heart_rate_score1_max: float = Field(
-        50, description=f"beats/min at or below which NEWS2 scores 1 ({_NEWS2})"
-    )
-    heart_rate_score1_min: float = Field(
-        91, description=f"beats/min at or above which NEWS2 scores 1 ({_NEWS2})"
-    )
-    heart_rate_score2_min: float = Field(
-        111, description=f"beats/min at or above which NEWS2 scores 2 ({_NEWS2})"
-    )
-    heart_rate_score3_min: float = Field(
-        131, description=f"beats/min at or above which NEWS2 scores 3 ({_NEWS2})"
-    )
+    heart_rate_score3_max: float = _at_or_below(40, "beats/min", 3)
+    heart_rate_score1_max: float = _at_or_below(50, "beats/min", 1)
+    heart_rate_score1_min: float = _at_or_above(91, "beats/min", 1)
+    heart_rate_score2_min: float = _at_or_above(111, "beats/min", 2)
+    heart_rate_score3_min: float = _at_or_above(131, "beats/min", 3)
     # --- NEWS2 systolic blood pressure (mmHg) -------------------------------------------------------
-    systolic_bp_score3_max: float = Field(90, description=f"mmHg at or below which NEWS2 scores 3 ({_NEWS2})")
-    systolic_bp_score2_max: float = Field(
-        100, description=f"mmHg at or below which NEWS2 scores 2 ({_NEWS2})"
-    )
-    systolic_bp_score1_max: float = Field(
-        110, description=f"mmHg at or below which NEWS2 scores 1 ({_NEWS2})"
-    )
-    systolic_bp_score3_min: float = Field(
-        220, description=f"mmHg at or above which NEWS2 scores 3 ({_NEWS2})"
-    )
+    systolic_bp_score3_max: float = _at_or_below(90, "mmHg", 3)
+    systolic_bp_score2_max: float = _at_or_below(100, "mmHg", 2)
+    systolic_bp_score1_max: float = _at_or_below(110, "mmHg", 1)
+    systolic_bp_score3_min: float = _at_or_above(220, "mmHg", 3)
     # --- NEWS2 clinical response --------------------------------------------------------------------
     news2_emergency_min: int = Field(
         7, ge=1, description="partial NEWS2 at or above which the response is emergency (RCP NEWS2 2017)"
