@@ -38,7 +38,7 @@ from covidet.store import review_queries as rq
 from covidet.store.db import RETRY_AFTER_SECONDS, Database, database_unavailable
 from covidet.store.models import utcnow
 
-__all__ = ["PUBLIC_BODY_ROUTES", "UPLOAD_MARGIN_BYTES", "UPLOAD_ROUTE", "BodyGuard"]
+__all__ = ["PUBLIC_BODY_ROUTES", "UPLOAD_MARGIN_BYTES", "UPLOAD_ROUTE", "BodyGuard", "capped_receive"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +172,17 @@ def _counting(receive: Receive, limit: int, reason: Callable[[], str]) -> Receiv
 
     An HTTPException is what FastAPI re-raises from its body parsing (any other error there becomes a
     400), and Starlette's exception middleware answers it in the API's ``{"detail"}`` shape."""
+
+    def refuse(received: int) -> HTTPException:
+        logger.warning("request body passed the limit of %d bytes while it was read", limit)
+        return HTTPException(413, detail=reason(), headers={"Connection": "close"})
+
+    return capped_receive(receive, limit, refuse)
+
+
+def capped_receive(receive: Receive, limit: int, too_large: Callable[[int], Exception]) -> Receive:
+    """``receive`` that counts the body bytes as they come in and raises ``too_large(received)`` (the
+    bytes counted so far) as soon as they are more than ``limit``; other messages pass unchanged."""
     received = 0
 
     async def counted() -> Message:
@@ -180,8 +191,7 @@ def _counting(receive: Receive, limit: int, reason: Callable[[], str]) -> Receiv
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                logger.warning("request body passed the limit of %d bytes while it was read", limit)
-                raise HTTPException(413, detail=reason(), headers={"Connection": "close"})
+                raise too_large(received)
         return message
 
     return counted

@@ -25,9 +25,9 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
-from starlette.types import Message
 
 from covidet.api.deps import AuthenticatedDevice, DatabaseDep, IngestDep, UploaderDevice
+from covidet.api.limits import capped_receive
 from covidet.api.schemas import ErrorPublic, OpenApiResponses
 from covidet.api.schemas_images import ImageUploadPublic
 from covidet.ingest.service import ImageIngest, IngestRejected
@@ -106,19 +106,7 @@ async def _read_form(request: Request, limit: int) -> FormData:
     Raises:
         _BodyTooLarge: the body is longer than ``limit``.
     """
-    received = 0
-    receive = request.receive
-
-    async def capped_receive() -> Message:
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise _BodyTooLarge(received)
-        return message
-
-    capped = Request(request.scope, capped_receive)
+    capped = Request(request.scope, capped_receive(request.receive, limit, _BodyTooLarge))
     return await capped.form(max_files=1, max_fields=8, max_part_size=4096)
 
 
