@@ -8,8 +8,11 @@ bad data or bad model bundle (one-line message on standard error, no traceback).
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -30,6 +33,7 @@ __all__ = [
     "open_database",
     "options_model",
     "setup",
+    "stop_on_signals",
 ]
 
 logger = logging.getLogger("covidet")
@@ -79,6 +83,22 @@ def bundle_path(model: Path | None, settings: Settings) -> Path:
     if bundle is None:
         raise fail("no model bundle: pass --model BUNDLE or set COVIDET_MODEL")
     return Path(bundle)
+
+
+def stop_on_signals(what: str) -> threading.Event:
+    """An event that SIGINT and SIGTERM set, logging ``"SIGTERM received: stopping <what>"``.
+
+    Installs the handlers, so call it on the main thread; wait on the event with a timeout
+    (``stop.wait(1.0)``) so that the main thread stays responsive to signals."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("%s received: stopping %s", signal.Signals(signum).name, what)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    return stop
 
 
 def open_database(settings: Settings) -> Database:

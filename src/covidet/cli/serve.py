@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from covidet.cli._common import fail, logger, open_database, setup
+from covidet.cli._common import fail, logger, open_database, setup, stop_on_signals
 from covidet.config import Settings
 
 if TYPE_CHECKING:  # imported by the commands that use them: each process imports what it runs
@@ -45,9 +44,6 @@ def dicom_scp(
     Only registered modalities (`covidet devices add NAME --kind modality --ae-title AE`) may send.
     TLS and the other dicom_* settings: docs/dicom.md.
     """
-    import signal
-    import threading
-
     from covidet.ingest.dicom_scp import DicomReceiver
     from covidet.worker.runtime import build_runtime
 
@@ -69,14 +65,7 @@ def dicom_scp(
         raise fail(str(exc)) from exc
     except OSError as exc:
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        logger.info("%s received: stopping the DICOM receiver", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = stop_on_signals("the DICOM receiver")
     logger.info(
         "dicom-scp: AE %s on %s:%d, images in %s; stop with Ctrl-C or SIGTERM",
         receiver.ae_title,
@@ -137,9 +126,6 @@ def mqtt_ingest(
     over TLS when COVIDET_MQTT_TLS_CA names the broker's CA file. Messages are acknowledged only once
     stored; invalid ones go to rejected_messages. See docs/mqtt.md.
     """
-    import signal
-    import threading
-
     from covidet.ingest.mqtt import VitalsSubscriber
 
     settings = setup()
@@ -162,14 +148,7 @@ def mqtt_ingest(
         raise fail(str(exc)) from exc
     retriage = _retriager(settings, db)
     subscriber.on_stored = retriage.submit
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        logger.info("%s received: stopping the MQTT subscriber", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = stop_on_signals("the MQTT subscriber")
     subscriber.start()
     try:
         while not stop.wait(log_every):
