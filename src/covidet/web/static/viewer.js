@@ -175,6 +175,20 @@
     node.dataset.y = String(y);
   }
 
+  // A box [x1, y1, x2, y2] in image pixels as an SVG rectangle with the `data` attributes; its stroke
+  // keeps its width at any zoom.
+  function boxRect(className, box, data) {
+    const geometry = { class: className, x: box[0], y: box[1], width: box[2] - box[0], height: box[3] - box[1] };
+    return svg("rect", Object.assign(geometry, data, { "vector-effect": "non-scaling-stroke" }));
+  }
+
+  // A box's caption at its top-left corner (placed and sized on screen by scaleLabels).
+  function boxLabel(box, text) {
+    const node = svg("text", { class: "box-label" });
+    labelText(node, box[0], box[1], text);
+    return node;
+  }
+
   function scaleLabels() {
     // Labels keep a constant size on screen whatever the zoom.
     const size = 13 / view.scale;
@@ -199,26 +213,16 @@
         "data-finding-id": finding.id,
       });
       group.append(
-        svg("rect", {
-          class: "ai-box",
-          x: box[0],
-          y: box[1],
-          width: box[2] - box[0],
-          height: box[3] - box[1],
+        boxRect("ai-box", box, {
           "data-finding-id": finding.id,
           "data-label": finding.label,
           "data-score": finding.score,
-          "vector-effect": "non-scaling-stroke",
-        })
+        }),
+        boxLabel(
+          box,
+          "#" + (index + 1) + " " + label + " " + finding.score.toFixed(2) + (act ? " · " + act.action : "")
+        )
       );
-      const text = svg("text", { class: "box-label" });
-      labelText(
-        text,
-        box[0],
-        box[1],
-        "#" + (index + 1) + " " + label + " " + finding.score.toFixed(2) + (act ? " · " + act.action : "")
-      );
-      group.append(text);
       ai.append(group);
     });
     overlay.append(ai);
@@ -229,48 +233,23 @@
       const box = added.box;
       const group = svg("g", { class: "added label-" + added.label, "data-index": index });
       group.append(
-        svg("rect", {
-          class: "review-box",
-          x: box[0],
-          y: box[1],
-          width: box[2] - box[0],
-          height: box[3] - box[1],
-          "data-index": index,
-          "data-label": added.label,
-          "vector-effect": "non-scaling-stroke",
-        })
+        boxRect("review-box", box, { "data-index": index, "data-label": added.label }),
+        boxLabel(box, "new " + (index + 1) + " " + added.label)
       );
-      const text = svg("text", { class: "box-label" });
-      labelText(text, box[0], box[1], "new " + (index + 1) + " " + added.label);
-      group.append(text);
       mine.append(group);
     });
     overlay.append(mine);
     if (keyboardBox) {
-      overlay.append(
-        svg("rect", {
-          class: "drawing keyboard-box",
-          x: keyboardBox[0],
-          y: keyboardBox[1],
-          width: keyboardBox[2] - keyboardBox[0],
-          height: keyboardBox[3] - keyboardBox[1],
-          "vector-effect": "non-scaling-stroke",
-        })
-      );
+      overlay.append(boxRect("drawing keyboard-box", keyboardBox));
     }
     if (drag && drag.kind === "draw") {
-      const x = Math.min(drag.x0, drag.x1);
-      const y = Math.min(drag.y0, drag.y1);
-      overlay.append(
-        svg("rect", {
-          class: "drawing",
-          x: x,
-          y: y,
-          width: Math.abs(drag.x1 - drag.x0),
-          height: Math.abs(drag.y1 - drag.y0),
-          "vector-effect": "non-scaling-stroke",
-        })
-      );
+      const box = [
+        Math.min(drag.x0, drag.x1),
+        Math.min(drag.y0, drag.y1),
+        Math.max(drag.x0, drag.x1),
+        Math.max(drag.y0, drag.y1),
+      ];
+      overlay.append(boxRect("drawing", box));
     }
     scaleLabels();
   }
