@@ -6,13 +6,12 @@ Secondary Capture (:mod:`covidet.reports.dicom_sc`) and the DICOM SRs (:mod:`cov
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from covidet.domain import Assessment, Finding, Priority, VitalSign
+from covidet.store.files import write_file_atomically
 
 __all__ = ["ReportContext", "as_utc", "write_atomically"]
 
@@ -64,13 +63,4 @@ def as_utc(moment: datetime) -> datetime:
 def write_atomically(out: Path, data: bytes) -> None:
     """Write ``data`` to ``out`` so that a reader never sees a half-written report."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomically(out, data)

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ImageStore", "StoredFile"]
+__all__ = ["ImageStore", "StoredFile", "write_file_atomically"]
 
 #: Suffixes by media type; the only part of a name that is not a hash, and it comes from this table.
 SUFFIXES = {
@@ -32,6 +32,24 @@ class StoredFile:
     path: str
     size_bytes: int
     already_present: bool
+
+
+def write_file_atomically(target: Path, data: bytes, *, prefix: str | None = None, suffix: str = "") -> None:
+    """Write ``data`` to ``target`` so that a reader never sees a half-written file: a temporary file
+    in the same folder (which must exist; ``prefix`` defaults to ``.<name>.``), ``fsync``, ``rename``.
+    On any failure the temporary file is removed and ``target`` is left as it was."""
+    fd, temp_name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}." if prefix is None else prefix, suffix=suffix
+    )
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -66,16 +84,7 @@ class ImageStore:
             return StoredFile(sha256, relative, len(data), already_present=True)
         for folder in (target.parent.parent, target.parent):  # owner only, like the root
             folder.mkdir(exist_ok=True, mode=0o700)
-        fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_name, target)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        write_file_atomically(target, data, prefix=".tmp-", suffix=".part")
         _fsync_dir(target.parent)
         return StoredFile(sha256, relative, len(data), already_present=False)
 
