@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sqlalchemy import Select, exists, func, select
+from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from covidet.store.models import Image, Review, ReviewStatus
+from covidet.store.models import Image, Patient, Review, ReviewStatus
 
 __all__ = [
     "Conflict",
@@ -21,6 +21,7 @@ __all__ = [
     "Invalid",
     "NotFound",
     "QueryError",
+    "patient_matches",
     "sha256_hex",
     "signed_review_exists",
 ]
@@ -68,3 +69,9 @@ def _contains(column: Any, text: str) -> Any:
 def signed_review_exists() -> Any:
     """``EXISTS`` a signed review of the :class:`Image` row of the enclosing query (correlated)."""
     return exists().where(Review.image_id == Image.id, Review.status == ReviewStatus.SIGNED.value)
+
+
+def patient_matches(text: str) -> Any:
+    """The patient filter of the lists: ``text`` is a case-insensitive substring of the patient key or
+    name (of the :class:`Patient` joined into the enclosing query)."""
+    return or_(_contains(Patient.patient_key, text), _contains(Patient.name, text))

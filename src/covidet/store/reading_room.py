@@ -31,7 +31,7 @@ from covidet.store.models import (
     StudyClaim,
     User,
 )
-from covidet.store.query_common import signed_review_exists
+from covidet.store.query_common import patient_matches, signed_review_exists
 from covidet.store.worklist_queries import PRIORITY_ORDER, _priority_rank
 
 __all__ = [
@@ -173,9 +173,7 @@ def study_worklist(
     if reviewed is not None:
         statement = statement.where(agg.c.unread == 0 if reviewed else agg.c.unread > 0)
     if patient:
-        statement = statement.where(
-            or_(rq._contains(Patient.patient_key, patient), rq._contains(Patient.name, patient))
-        )
+        statement = statement.where(patient_matches(patient))
     if text:
         statement = statement.where(
             or_(rq._contains(Study.accession_number, text), rq._contains(Study.description, text))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from covidet.store.models import (
@@ -23,7 +23,7 @@ from covidet.store.models import (
     Study,
     TriageRecord,
 )
-from covidet.store.query_common import NotFound, _contains, _page
+from covidet.store.query_common import NotFound, _page, patient_matches
 
 __all__ = [
     "ModelUsage",
@@ -70,9 +70,7 @@ def list_studies(
     )
     statement = select(Study.id).join(Patient, Study.patient_id == Patient.id)
     if patient:
-        statement = statement.where(
-            or_(_contains(Patient.patient_key, patient), _contains(Patient.name, patient))
-        )
+        statement = statement.where(patient_matches(patient))
     ids, total = _page(session, statement.order_by(Study.created_at.desc(), Study.id.desc()), limit, offset)
     if not ids:
         return [], total

@@ -27,7 +27,7 @@ from covidet.store.models import (
     User,
     VitalSignRecord,
 )
-from covidet.store.query_common import NotFound, _contains, _page, signed_review_exists
+from covidet.store.query_common import NotFound, _page, patient_matches, signed_review_exists
 
 __all__ = [
     "PRIORITY_ORDER",
@@ -223,9 +223,7 @@ def worklist(
         signed = signed_review_exists()
         statement = statement.where(signed if reviewed else ~signed)
     if patient:
-        statement = statement.where(
-            or_(_contains(Patient.patient_key, patient), _contains(Patient.name, patient))
-        )
+        statement = statement.where(patient_matches(patient))
     statement = statement.order_by(_priority_rank(), Image.received_at.asc(), Image.id.asc()).options(
         selectinload(Image.study).selectinload(Study.patient)
     )
