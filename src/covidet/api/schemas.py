@@ -12,13 +12,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import HTTPException, Path, Query, status
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
 
 from covidet.assessment.triage import news2_of_reading
 from covidet.store.worklist_queries import AiSummary, VitalValue
+
+if TYPE_CHECKING:
+    from covidet.store.models import Patient
 
 __all__ = [
     "AUTH_ERRORS",
@@ -81,6 +84,11 @@ class PatientRef(BaseModel):
     id: int
     patient_key: str
     name: str | None = None
+
+    @classmethod
+    def of(cls, patient: Patient) -> PatientRef:
+        """The reference to a stored patient (read inside its session)."""
+        return cls(id=patient.id, patient_key=patient.patient_key, name=patient.name)
 
 
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="covidet id (opaque positive integer)")]

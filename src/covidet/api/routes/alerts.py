@@ -54,7 +54,7 @@ def alert_public(alert: Alert, patient: Patient) -> AlertPublic:
     return AlertPublic(
         id=alert.id,
         image_id=alert.image_id,
-        patient=PatientRef(id=patient.id, patient_key=patient.patient_key, name=patient.name),
+        patient=PatientRef.of(patient),
         priority=alert.priority,
         reasons=list(alert.reasons or []),
         created_at=alert.created_at,

@@ -101,7 +101,7 @@ def get_image(request: Request, image_id: IdPath, user: RadiologistUser, db: Dat
             id=image.id,
             study_id=image.study_id,
             study_instance_uid=image.study.study_instance_uid,
-            patient=PatientRef(id=patient.id, patient_key=patient.patient_key, name=patient.name),
+            patient=PatientRef.of(patient),
             sop_instance_uid=image.sop_instance_uid,
             sop_class_uid=image.sop_class_uid,
             media_type=image.media_type,

@@ -134,9 +134,7 @@ def get_study(request: Request, study_id: IdPath, user: RadiologistUser, db: Dat
             description=study.description,
             study_datetime=study.study_datetime,
             created_at=study.created_at,
-            patient=PatientRef(
-                id=study.patient.id, patient_key=study.patient.patient_key, name=study.patient.name
-            ),
+            patient=PatientRef.of(study.patient),
             images=[image_summary(i) for i in sorted(study.images, key=lambda i: (i.received_at, i.id))],
         )
     record_audit(

@@ -77,7 +77,7 @@ def get_vitals(
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no patient with id {patient_id}")
         rows, total = rq.patient_vitals(session, patient_id, since=start, until=end, limit=limit)
         body = VitalsPublic(
-            patient=PatientRef(id=patient.id, patient_key=patient.patient_key, name=patient.name),
+            patient=PatientRef.of(patient),
             since=start,
             until=end,
             total=total,
